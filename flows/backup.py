@@ -1,0 +1,96 @@
+"""Runbook: back up one Odoo environment (database + filestore + configuration).
+
+1. Resolve the environment and its backup storage; take the environment's slot (one run at a time).
+2. Open a consistent snapshot of the database and read its facts (modules, row counts, attachments).
+3. Side by side: pg_dump of that snapshot into the repository, and the filestore's new files.
+4. The configuration file (secrets masked), the filestore index, then the manifest: the commit point.
+5. Publish the summary artifacts and append the audit record — also when the run fails.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from odoops.inventory import BACKUP_KINDS
+from odoops.platforms import platform_for
+from odoops.runtime import environment_slot, progress, record_run, repository_for, resolve
+from tasks import backup as steps
+from tasks.archive import new_backup_id, now_utc
+
+
+@task(cache_policy=NO_CACHE)
+def dump_database(conninfo, repo, backup_id: str, snapshot_id: str) -> dict[str, Any]:
+    return steps.dump_to_repository(conninfo, repo, backup_id, snapshot_id, progress=progress("database dump"))
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=lambda task, run, state: not getattr(state.result(raise_on_failure=False), "permanent", True))
+def store_filestore(platform, repo, environment: str):
+    return steps.store_environment_filestore(platform, repo, environment, progress=progress("filestore"))
+
+
+@task(cache_policy=NO_CACHE)
+def commit_backup(env, repo, backup_id, kind, started, facts, parts, files) -> dict[str, Any]:
+    parts["filestore.json"] = repo.write_index(backup_id, files.entries)
+    manifest = steps.build_manifest(env, backup_id, kind, started, facts, parts, files)
+    repo.commit(backup_id, manifest)
+    return manifest
+
+
+def _publish(manifest: dict[str, Any], storage: str) -> None:
+    meta = manifest["odoops"]
+    files = meta["filestore"]
+    rows = [{"part": name, "bytes": p["size"], "sha256": p["sha256"][:16]} for name, p in meta["parts"].items()]
+    rows.append({"part": f"filestore ({files['files']} files)", "bytes": files["bytes"],
+                 "sha256": f"{files['new_objects']} new objects, {files['new_bytes']} new bytes"})
+    create_table_artifact(rows, key="backup-parts", description=f"Parts of backup {meta['backup_id']}")
+    missing = meta["missing_files"]
+    create_markdown_artifact(
+        f"## Backup {meta['backup_id']}\n\n"
+        f"- environment **{meta['environment']}** ({meta['stage']}), kind **{meta['kind']}**, storage `{storage}`\n"
+        f"- database `{manifest['db_name']}`: Odoo {manifest['version']}, {len(manifest['modules'])} modules, "
+        f"{meta['database']['tables']} tables\n"
+        f"- filestore: {files['files']} files, {files['bytes']:,} bytes ({files['new_bytes']:,} new)\n"
+        f"- attachments whose file is missing: **{len(missing)}**"
+        + ("".join(f"\n  - `{m}`" for m in missing[:20]) if missing else "") + "\n",
+        key="backup-summary",
+    )
+
+
+@flow(name="backup", log_prints=True)
+def backup_flow(environment: str, kind: str = "manual", storage: str | None = None,
+                inventory: str | None = None) -> dict[str, Any]:
+    """Back up ENVIRONMENT's database, filestore and configuration into its backup storage."""
+    parameters = {"environment": environment, "kind": kind, "storage": storage}
+    inv, env = resolve(environment, inventory)
+    if kind not in BACKUP_KINDS:
+        from odoops.errors import ConfigError
+
+        raise ConfigError(f"unknown backup kind {kind!r}: use one of {', '.join(BACKUP_KINDS)}")
+    storage = storage or env.backup.storage
+    backup_id = None
+    try:
+        repo = repository_for(inv, storage)
+        with environment_slot(env.name), repo.environment_lock(env.name, "backup"), platform_for(env) as platform, \
+                platform.database() as conninfo, steps.database_snapshot(conninfo) as (conn, snapshot_id):
+            backup_id, started = new_backup_id(env.name), now_utc()
+            facts = steps.read_facts(conn)
+            dump = dump_database.submit(conninfo, repo, backup_id, snapshot_id)
+            files = store_filestore.submit(platform, repo, env.name)
+            parts = {"database.dump": dump.result()}
+            config = steps.store_config(platform, repo, backup_id)
+            if config:
+                parts["odoo.conf"] = config
+            manifest = commit_backup(env, repo, backup_id, kind, started, facts, parts, files.result())
+    except Exception as exc:
+        record_run(inv, "backup", env, parameters, f"failed: {exc}", [backup_id] if backup_id else [])
+        raise
+    _publish(manifest, storage)
+    record_run(inv, "backup", env, parameters, "success", [backup_id],
+               {"missing_files": len(manifest["odoops"]["missing_files"])})
+    return {"backup_id": backup_id, "missing_files": manifest["odoops"]["missing_files"],
+            "size": manifest["odoops"]["parts"]["database.dump"]["size"] + manifest["odoops"]["filestore"]["bytes"]}

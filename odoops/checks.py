@@ -1,0 +1,53 @@
+"""``envs check``: can odoops reach what an environment's runbooks need?"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from odoops.errors import OdoopsError
+from odoops.inventory import load_inventory
+from odoops.platforms import platform_for
+from tasks.postgres import connect
+
+
+def probe_url(url: str, timeout: float = 5) -> tuple[bool, str]:
+    """GET <url>/web/health: Odoo 15+ answers {"status": "pass"} without touching the database."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/web/health", timeout=timeout) as resp:  # noqa: S310
+            body = json.loads(resp.read() or b"{}")
+            return body.get("status") == "pass", f"HTTP {resp.status} {body.get('status', '?')}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"unreachable: {reason}"
+
+
+def check_environment(environment: str, inventory: str | None = None) -> list[dict[str, Any]]:
+    env = load_inventory(inventory).environment(environment)
+    results: list[dict[str, Any]] = []
+    with platform_for(env) as platform:
+        try:
+            with platform.database() as conninfo, connect(conninfo) as conn:
+                is_odoo = conn.execute("SELECT to_regclass('public.ir_module_module') IS NOT NULL").fetchone()[0]
+                version = conn.execute("SELECT latest_version FROM ir_module_module WHERE name = 'base'"
+                                       ).fetchone()[0] if is_odoo else None
+            results.append({"check": "database", "ok": bool(is_odoo),
+                            "detail": f"{conninfo.describe()} Odoo {version}" if is_odoo
+                            else f"{conninfo.describe()} reachable but not an Odoo database"})
+        except OdoopsError as exc:
+            results.append({"check": "database", "ok": False, "detail": str(exc)})
+        try:
+            exists = platform.filestore_exists()
+            count = sum(1 for _ in platform.list_filestore()) if exists else 0
+            results.append({"check": "filestore", "ok": exists,
+                            "detail": f"{env.filestore}: {count} files" if exists else f"{env.filestore} does not exist"})
+        except OdoopsError as exc:
+            results.append({"check": "filestore", "ok": False, "detail": str(exc)})
+    if env.url:
+        ok, detail = probe_url(env.url)
+        results.append({"check": "url", "ok": ok, "detail": f"{env.url}: {detail}"})
+    return results

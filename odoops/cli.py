@@ -1,0 +1,336 @@
+"""The ``odoops`` command: every runbook from a terminal, as the same Prefect flows the UI runs.
+
+Exit codes: 0 success, 1 the runbook found a problem (damaged backup, failed drill), 2 bad input or an
+operational error (one red line on stderr naming the problem and the fix).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from odoops.errors import OdoopsError  # noqa: E402
+
+app = typer.Typer(help="Odoo operations runbook: backups, restores, logs, health and cost reports.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+envs_app = typer.Typer(help="The environments of the inventory.", no_args_is_help=True)
+backups_app = typer.Typer(help="The backup catalog: list, verify, drill, export, prune, pin.", no_args_is_help=True)
+app.add_typer(envs_app, name="envs")
+app.add_typer(backups_app, name="backups")
+
+console = Console()
+err = Console(stderr=True)
+
+InventoryOpt = Annotated[str | None, typer.Option("--inventory", "-i", envvar="ODOOPS_INVENTORY",
+                                                  help="Inventory YAML (default deployments/environments.yaml).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def operator_errors():
+    """OdoopsError (and Prefect's wrapping of it) becomes one red line and exit code 2."""
+    try:
+        yield
+    except OdoopsError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: nothing incomplete is ever listed; run prune to clean up", 130)
+
+
+@contextmanager
+def rich_progress():
+    """Rich bars for long operations; quiet when the output is not a terminal."""
+    from odoops.runtime import set_progress_factory
+
+    if not sys.stderr.isatty():
+        yield
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bars:
+        def factory(description: str, total: int | None) -> Callable[[int], None]:
+            task_id = bars.add_task(description, total=total)
+            return lambda n: bars.advance(task_id, n)
+
+        set_progress_factory(factory)
+        try:
+            yield
+        finally:
+            set_progress_factory(None)
+
+
+def _quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+# ---------------------------------------------------------------- envs
+
+
+@envs_app.command("list")
+def envs_list(inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
+    """List the environments of the inventory."""
+    from odoops.inventory import load_inventory
+
+    with operator_errors():
+        inv = load_inventory(inventory)
+    rows = [{"name": e.name, "stage": e.stage, "platform": e.platform, "database": e.database.dsn.rsplit("/", 1)[-1],
+             "filestore": e.filestore, "url": e.url, "storage": e.backup.storage, "schedule": e.backup.schedule,
+             "timezone": e.backup.timezone, "keep": e.backup.keep} for e in inv.environments.values()]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    table = Table("name", "stage", "platform", "database", "storage", "schedule", title=str(inv.path))
+    for r in rows:
+        table.add_row(r["name"], r["stage"], r["platform"], r["database"], r["storage"],
+                      f"{r['schedule'] or '-'} {r['timezone'] if r['schedule'] else ''}")
+    console.print(table)
+
+
+@envs_app.command("check")
+def envs_check(environment: str, inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
+    """Check that ENVIRONMENT's database, filestore and URL can be reached."""
+    from odoops.checks import check_environment
+
+    with operator_errors():
+        results = check_environment(environment, inventory)
+    if as_json:
+        print(json.dumps(results, indent=1))
+    else:
+        table = Table("check", "result", "detail")
+        for r in results:
+            table.add_row(r["check"], "[green]ok[/]" if r["ok"] else "[red]FAILED[/]", r["detail"])
+        console.print(table)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- backup
+
+
+@app.command("backup")
+def backup(environment: str, storage: Annotated[str | None, typer.Option(help="Storage name (default: the "
+           "environment's backup storage).")] = None,
+           kind: Annotated[str, typer.Option(help="manual, scheduled, pre-deploy, pre-upgrade or pre-restore.")] = "manual",
+           inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
+    """Back up ENVIRONMENT now: database, filestore and configuration."""
+    _quiet_prefect()
+    with operator_errors(), rich_progress():
+        from flows.backup import backup_flow
+
+        result = backup_flow(environment, kind=kind, storage=storage, inventory=inventory)
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    console.print(f"[green]backup {result['backup_id']}[/] complete ({_human(result['size'])})")
+    if result["missing_files"]:
+        console.print(f"[yellow]warning:[/] {len(result['missing_files'])} attachments have no file in the filestore "
+                      f"(first: {result['missing_files'][0]}); see the manifest's missing_files")
+
+
+@backups_app.command("list")
+def backups_list(environment: Annotated[str | None, typer.Argument()] = None, inventory: InventoryOpt = None,
+                 storage: Annotated[str | None, typer.Option(help="Only this storage.")] = None,
+                 as_json: JsonOpt = False) -> None:
+    """List complete backups (per environment: id, kind, time, size, verification)."""
+    from odoops.inventory import load_inventory
+    from odoops.runtime import repository_for
+
+    with operator_errors():
+        inv = load_inventory(inventory)
+        if environment:
+            inv.environment(environment)
+        names = [storage] if storage else list(inv.storages)
+        rows = []
+        for name in names:
+            repo = repository_for(inv, name)
+            rows += [{**b.as_dict(), "storage": name} for b in repo.list_backups(environment)]
+    rows.sort(key=lambda r: (r["environment"], r["created_at"]))
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    table = Table("id", "kind", "created (UTC)", "size", "verification", "pinned", "storage")
+    for r in rows:
+        table.add_row(r["id"], r["kind"], r["created_at"][:19].replace("T", " "), _human(r["size"]),
+                      r["verification"], "yes" if r["pinned"] else "", r["storage"])
+    console.print(table)
+
+
+@backups_app.command("verify")
+def backups_verify(backup_id: str, inventory: InventoryOpt = None) -> None:
+    """Re-read every part of BACKUP_ID and check its sha256."""
+    _quiet_prefect()
+    from odoops.errors import IntegrityError
+
+    try:
+        with operator_errors(), rich_progress():
+            from flows.verify import verify_flow
+
+            try:
+                verify_flow(backup_id, inventory=inventory)
+            except IntegrityError as exc:
+                fail(str(exc), 1)
+    except typer.Exit:
+        raise
+    console.print(f"[green]{backup_id} intact[/]: every part and object matches its sha256")
+
+
+@backups_app.command("drill")
+def backups_drill(backup_id: str, inventory: InventoryOpt = None) -> None:
+    """Restore BACKUP_ID into a scratch database and filestore, check it, drop the scratch copies."""
+    _quiet_prefect()
+    from odoops.errors import IntegrityError
+
+    with operator_errors(), rich_progress():
+        from flows.verify import drill_flow
+
+        try:
+            result = drill_flow(backup_id, inventory=inventory)
+        except IntegrityError as exc:
+            fail(str(exc), 1)
+    console.print(f"[green]drill passed[/]: {result['tables']} tables, {result['rows']:,} rows, {result['files']} files, "
+                  f"{result['attachments_checked']} attachments checked")
+
+
+@backups_app.command("export")
+def backups_export(backup_id: str, output: Annotated[Path, typer.Option("-o", "--output", help="The .zip to write.")],
+                   fmt: Annotated[str, typer.Option("--format", help="odoo-zip (Odoo's database manager and "
+                                                    "Odoo.sh import format).")] = "odoo-zip",
+                   inventory: InventoryOpt = None) -> None:
+    """Export BACKUP_ID as Odoo's standard backup archive (dump.sql, filestore/, manifest.json)."""
+    from odoops.inventory import load_inventory
+
+    if fmt != "odoo-zip":
+        fail(f"unknown export format {fmt!r}: use --format odoo-zip")
+    if output.exists():
+        fail(f"{output} already exists: choose another --output or remove it first")
+    with operator_errors(), rich_progress():
+        from flows.verify import _locate
+        from odoops.runtime import progress
+
+        inv = load_inventory(inventory)
+        _env, repo = _locate(inv, backup_id)
+        tmp = output.with_name(f".{output.name}.part")
+        try:
+            with open(tmp, "wb") as out:
+                repo.export_odoo_zip(backup_id, out, progress=progress("export"))
+            tmp.replace(output)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    console.print(f"[green]wrote {output}[/] ({_human(output.stat().st_size)}): restore it with Odoo's database "
+                  "manager or Odoo.sh's import")
+
+
+@backups_app.command("prune")
+def backups_prune(environment: Annotated[str | None, typer.Argument()] = None,
+                  apply: Annotated[bool, typer.Option("--apply", help="Really delete (default: show).")] = False,
+                  inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
+    """Apply the retention policy: show what would be deleted, delete with --apply."""
+    _quiet_prefect()
+    with operator_errors():
+        from flows.prune import prune_flow
+
+        summary = prune_flow(environment, apply=apply, inventory=inventory)
+    if as_json:
+        print(json.dumps(summary, indent=1, default=str))
+        return
+    verb = "deleted" if apply else "would delete"
+    for storage, s in summary["storages"].items():
+        console.print(f"[bold]{storage}[/]: keep {len(s['kept'])}; {verb} {len(s['deleted'])} expired, "
+                      f"{len(s['incomplete'])} incomplete backups and {s['objects']} unreferenced objects "
+                      f"({_human(s['object_bytes'])})")
+        for backup_id in s["deleted"] + s["incomplete"]:
+            console.print(f"  {verb}: {backup_id}")
+    if not apply:
+        console.print("dry run: nothing deleted; add --apply to delete")
+
+
+@backups_app.command("pin")
+def backups_pin(backup_id: str, unpin: Annotated[bool, typer.Option("--unpin", help="Remove the pin.")] = False,
+                inventory: InventoryOpt = None) -> None:
+    """Keep BACKUP_ID forever (retention never deletes a pinned backup)."""
+    from odoops.audit import _who
+    from odoops.inventory import load_inventory
+    from odoops.runtime import record_run
+
+    with operator_errors():
+        from flows.verify import _locate
+
+        inv = load_inventory(inventory)
+        env, repo = _locate(inv, backup_id)
+        repo.pin(backup_id, _who(), pinned=not unpin)
+        record_run(inv, "unpin" if unpin else "pin", env, {"backup_id": backup_id}, "success", [backup_id])
+    console.print(f"{backup_id} {'unpinned' if unpin else 'pinned'}")
+
+
+# ---------------------------------------------------------------- history
+
+
+@app.command("history")
+def history(environment: Annotated[str | None, typer.Argument()] = None, inventory: InventoryOpt = None,
+            limit: Annotated[int, typer.Option(help="Show the last N records.")] = 50, as_json: JsonOpt = False) -> None:
+    """The audit trail: every runbook run, who started it, its parameters and outcome."""
+    from odoops.audit import read_audit
+    from odoops.inventory import load_inventory
+    from odoops.runtime import repository_for
+
+    with operator_errors():
+        inv = load_inventory(inventory)
+        if environment:
+            inv.environment(environment)
+        records = []
+        for name in inv.storages:
+            records += read_audit(repository_for(inv, name).store, environment)
+    records.sort(key=lambda r: r["time"])
+    records = records[-limit:]
+    if as_json:
+        print(json.dumps(records, indent=1))
+        return
+    table = Table("time", "runbook", "environment", "who", "outcome", "backups")
+    for r in records:
+        table.add_row(r["time"], r["runbook"], r["environment"] or "-", r["who"], r["outcome"][:60],
+                      ", ".join(r["backup_ids"]))
+    console.print(table)
+
+
+def _register_plugins() -> None:
+    """Sub-commands that live in their own modules."""
+    import importlib
+
+    for module in ("odoops.cli_logs", "odoops.cli_health", "odoops.cli_costs", "odoops.cli_restore"):
+        try:
+            importlib.import_module(module).register(app)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+_register_plugins()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,30 @@
+"""Platforms: the small interface the flows talk to, whatever runs Odoo.
+
+A flow asks a platform for the database's connection parameters, the filestore's files, the Odoo
+configuration, to run an Odoo command, to stop and start Odoo, for its logs and its health URL. It
+never asks how: ``host`` (Odoo on a machine, local or over SSH) is implemented here; ``docker`` and
+``odoosh`` implement the same interface in later releases.
+"""
+
+from __future__ import annotations
+
+from odoops.inventory import Environment
+from odoops.platforms.base import FilestoreEntry, Platform
+
+
+def platform_for(env: Environment) -> Platform:
+    """The platform implementation that drives ``env``."""
+    if env.platform == "host":
+        if env.ssh is not None:
+            from odoops.platforms.ssh_host import SSHHostPlatform
+
+            return SSHHostPlatform(env)
+        from odoops.platforms.host import HostPlatform
+
+        return HostPlatform(env)
+    from odoops.errors import ConfigError
+
+    raise ConfigError(f"environment {env.name}: platform {env.platform!r} is not implemented yet: use platform: host")
+
+
+__all__ = ["FilestoreEntry", "Platform", "platform_for"]

@@ -1,0 +1,58 @@
+"""The ``host`` platform on the local machine: database by DSN, filestore by path, commands by subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from odoops.errors import ConfigError, ToolFailed, tool_error_line
+from odoops.platforms.base import FilestoreEntry, Platform
+
+
+class HostPlatform(Platform):
+    @property
+    def filestore_path(self) -> Path:
+        return Path(self.env.filestore)
+
+    def filestore_exists(self) -> bool:
+        return self.filestore_path.is_dir()
+
+    def list_filestore(self) -> Iterator[FilestoreEntry]:
+        root = self.filestore_path
+        if not root.is_dir():
+            raise ConfigError(f"environment {self.env.name}: filestore folder {root} does not exist: "
+                              "check 'filestore:' in the inventory (<data_dir>/filestore/<dbname>)")
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+                        yield FilestoreEntry(rel, st.st_size, st.st_mtime_ns)
+
+    def open_filestore_file(self, relpath: str) -> BinaryIO:
+        return open(self.filestore_path / relpath, "rb")
+
+    def read_odoo_config(self) -> str | None:
+        if not self.env.odoo_config:
+            return None
+        path = Path(self.env.odoo_config)
+        if not path.is_file():
+            raise ConfigError(f"environment {self.env.name}: odoo_config {path} not found: fix or remove 'odoo_config:'")
+        return path.read_text(errors="replace")
+
+    def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        try:
+            result = subprocess.run(argv, capture_output=True)
+        except FileNotFoundError:
+            raise ToolFailed(f"{argv[0]}: command not found on this host: check the environment's commands") from None
+        if check and result.returncode != 0:
+            raise ToolFailed(f"{Path(argv[0]).name} exited {result.returncode}: {tool_error_line(result.stderr)}")
+        return result
