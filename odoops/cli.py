@@ -30,7 +30,7 @@ backups_app = typer.Typer(help="The backup catalog: list, verify, drill, export,
 app.add_typer(envs_app, name="envs")
 app.add_typer(backups_app, name="backups")
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 InventoryOpt = Annotated[str | None, typer.Option("--inventory", "-i", envvar="ODOOPS_INVENTORY",

@@ -69,7 +69,7 @@ class Cluster:
         """libpq variables for the client tools."""
         return {"PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": "postgres"}
 
-    def stop(self) -> None:
+    def stop(self, remove: bool = True) -> None:
         data = self.root / "pg" / "data"
         if data.exists():
             subprocess.run(
@@ -77,7 +77,8 @@ class Cluster:
                 + [str(self.bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
                 capture_output=True,
             )
-        shutil.rmtree(self.root, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def start_cluster(root: Path | None = None, port: int | None = None) -> Cluster:
@@ -92,6 +93,10 @@ def start_cluster(root: Path | None = None, port: int | None = None) -> Cluster:
         pw = pwd.getpwnam("postgres")
         os.chown(pgdir, pw.pw_uid, pw.pw_gid)
     port = port or free_port()
+    if (pgdir / "data" / "PG_VERSION").exists():  # an existing throwaway cluster (make demo, then make serve)
+        _run_as_postgres([str(bindir / "pg_ctl"), "-D", str(pgdir / "data"), "-l", str(pgdir / "log"), "-w", "-o",
+                          f"-p {port} -k {pgdir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
+        return Cluster(root=root, port=port, bindir=bindir)
     _run_as_postgres(
         [str(bindir / "initdb"), "-D", str(pgdir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
          "--locale=C.UTF-8", "--no-sync"]

@@ -1,0 +1,3 @@
+from odoops.cli import main
+
+main()
