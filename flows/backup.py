@@ -27,7 +27,7 @@ def dump_database(conninfo, repo, backup_id: str, snapshot_id: str) -> dict[str,
     return steps.dump_to_repository(conninfo, repo, backup_id, snapshot_id, progress=progress("database dump"))
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3,
       retry_condition_fn=lambda task, run, state: not getattr(state.result(raise_on_failure=False), "permanent", True))
 def store_filestore(platform, repo, environment: str):
     return steps.store_environment_filestore(platform, repo, environment, progress=progress("filestore"))

@@ -37,6 +37,7 @@ class Storage:
     region: str | None = None
     access_key_env: str | None = None
     secret_key_env: str | None = None
+    multipart_mb: int = 64
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,12 @@ def _storage(name: str, data: Any, base: Path) -> Storage:
     if kind == "local":
         _unknown(data, {"type", "path"}, where)
         return Storage(name=name, type=kind, path=_resolve(base, _str(data, "path", where)))
-    _unknown(data, {"type", "bucket", "prefix", "endpoint_url", "region", "access_key_env", "secret_key_env"}, where)
+    _unknown(data, {"type", "bucket", "prefix", "endpoint_url", "region", "access_key_env", "secret_key_env",
+                    "multipart_mb"}, where)
+    multipart_mb = data.get("multipart_mb", 64)
+    if not isinstance(multipart_mb, int) or isinstance(multipart_mb, bool) or multipart_mb < 5:
+        raise _fail(f"{where}.multipart_mb", f"expected a whole number >= 5, got {multipart_mb!r}",
+                    "S3 parts are at least 5 MB; write e.g. multipart_mb: 64")
     prefix = data.get("prefix") or ""
     if not isinstance(prefix, str):
         raise _fail(f"{where}.prefix", "expected a string", "quote it, e.g. prefix: acme/")
@@ -182,7 +188,7 @@ def _storage(name: str, data: Any, base: Path) -> Storage:
         endpoint_url=_str(data, "endpoint_url", where, required=False),
         region=_str(data, "region", where, required=False),
         access_key_env=_str(data, "access_key_env", where, required=False),
-        secret_key_env=_str(data, "secret_key_env", where, required=False),
+        secret_key_env=_str(data, "secret_key_env", where, required=False), multipart_mb=multipart_mb,
     )
 
 

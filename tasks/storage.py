@@ -216,11 +216,9 @@ def _fsync_dir(path: Path) -> None:
 class S3Store(Store):
     """Any S3-compatible endpoint (AWS, MinIO, Ceph, moto...), multipart for large parts."""
 
-    MULTIPART_THRESHOLD = 64 * CHUNK
-
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None,
                  access_key: str | None = None, secret_key: str | None = None, name: str = "s3",
-                 max_attempts: int = 5) -> None:
+                 max_attempts: int = 5, multipart_mb: int = 64) -> None:
         import boto3
         from botocore.config import Config
 
@@ -233,7 +231,7 @@ class S3Store(Store):
                                    aws_access_key_id=access_key, aws_secret_access_key=secret_key, config=config)
         from boto3.s3.transfer import TransferConfig
 
-        self.transfer = TransferConfig(multipart_threshold=self.MULTIPART_THRESHOLD, multipart_chunksize=16 * CHUNK,
+        self.transfer = TransferConfig(multipart_threshold=multipart_mb * CHUNK, multipart_chunksize=multipart_mb * CHUNK,
                                        max_concurrency=4, use_threads=True)
 
     def describe(self) -> str:
@@ -270,9 +268,14 @@ class S3Store(Store):
         try:
             self.client.upload_fileobj(reader, self.bucket, self._key(key), Config=self.transfer)
         except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
-            if isinstance(exc, S3UploadFailedError):
-                raise StorageError(f"S3 upload of {key} failed after retries: {str(exc).splitlines()[0][:200]}") from None
-            raise self._error(exc, key) from None
+            if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") not in (
+                    "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500"):
+                raise self._error(exc, key) from None
+            if isinstance(exc, BotoCoreError | ClientError) and not isinstance(exc, ClientError):
+                raise self._error(exc, key) from None
+            raise StorageError(f"S3 upload of {key} failed after retries ({type(exc).__name__}): the endpoint "
+                               f"{self.endpoint_url or 'AWS'} keeps failing; nothing was listed, run the backup again "
+                               "later") from None
         return reader.size, reader.sha256.hexdigest()
 
     def open(self, key: str) -> BinaryIO:
@@ -361,5 +364,5 @@ def open_store(storage) -> Store:
         access = read_secret(storage.access_key_env, None, what=f"storage {storage.name} access key")
         secret = read_secret(storage.secret_key_env, None, what=f"storage {storage.name} secret key")
         return S3Store(storage.bucket, storage.prefix, storage.endpoint_url, storage.region, access, secret,
-                       name=storage.name)
+                       name=storage.name, multipart_mb=storage.multipart_mb)
     raise ConfigError(f"storage {storage.name}: unknown type {storage.type!r}: use local or s3")
