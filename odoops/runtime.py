@@ -109,5 +109,6 @@ def environment_slot(environment: str, timeout_seconds: float = 3600) -> Iterato
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
             except ObjectAlreadyExists:
                 pass
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+    # The slot is a lease renewed while the run lives: a killed run frees it within lease_duration.
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=60):
         yield
