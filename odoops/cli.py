@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -76,7 +77,21 @@ def rich_progress():
 
 
 def _quiet_prefect() -> None:
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    """The terminal shows odoops' one-line errors; Prefect's run logs still reach its API and UI."""
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
+        if "Console" in type(handler).__name__:
+            handler.setLevel(logging.CRITICAL + 1)
+
+
+@app.callback()
+def _main_options() -> None:
+    """Odoo operations runbook: backups, restores, logs, health and cost reports."""
+    _quiet_prefect()
 
 
 def _human(n: int) -> str:
