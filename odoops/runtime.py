@@ -3,6 +3,7 @@ one-run-per-environment limits, progress reporting and the audit record."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -89,10 +90,18 @@ def _in_flow_run() -> bool:
         return False
 
 
+_held_slots: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("odoops_held_slots", default=frozenset())
+
+
 @contextmanager
 def environment_slot(environment: str, timeout_seconds: float = 3600) -> Iterator[None]:
-    """A Prefect global concurrency limit of 1 per environment: a second run on it waits its turn."""
-    if not _in_flow_run():
+    """A Prefect global concurrency limit of 1 per environment: a second run on it waits its turn.
+
+    Re-entrant: a runbook that holds the slot may call another on the same environment (the restore of
+    production takes its pre-restore backup inside its own slot).
+    """
+    held = _held_slots.get()
+    if not _in_flow_run() or environment in held:
         yield
         return
     from prefect.client.orchestration import get_client
@@ -111,4 +120,8 @@ def environment_slot(environment: str, timeout_seconds: float = 3600) -> Iterato
                 pass
     # The slot is a lease renewed while the run lives: a killed run frees it within lease_duration.
     with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=60):
-        yield
+        token = _held_slots.set(held | {environment})
+        try:
+            yield
+        finally:
+            _held_slots.reset(token)

@@ -1,0 +1,44 @@
+"""Runbook: anonymize an existing non-production database in place, with proof.
+
+Production is refused outright. The engine (tasks/anonymize.py) samples personal values first, rewrites
+them set-based, VACUUM FULLs the touched tables and scans every text column and text attachment for
+the samples; any residue fails the run. The report is an artifact and goes into the audit record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from odoops.errors import RefusedError
+from odoops.platforms import platform_for
+from odoops.runtime import environment_slot, record_run, resolve
+from tasks.postgres import connect
+
+
+@flow(name="anonymize")
+def anonymize_flow(environment: str, rules: str | None = None, inventory: str | None = None) -> dict[str, Any]:
+    """Replace ENVIRONMENT's personal data, irreversibly, and prove none is left."""
+    from tasks.anonymize import anonymize, key_from_env
+
+    inv, env = resolve(environment, inventory)
+    if env.is_production:
+        raise RefusedError(f"refusing to anonymize {env.name}: it is production (restore a copy and anonymize that)")
+    parameters = {"environment": environment, "rules": rules}
+    try:
+        with environment_slot(env.name), platform_for(env) as platform, platform.database() as conninfo, \
+                connect(conninfo) as conn:
+            report = anonymize(conn, rules, key_from_env(), filestore_path=Path(env.filestore))
+    except Exception as exc:
+        record_run(inv, "anonymize", env, parameters, f"failed: {exc}")
+        raise
+    data = report.as_dict()
+    create_table_artifact(data["updated"], key="anonymization-columns", description="Values rewritten per column")
+    create_markdown_artifact(f"## Anonymization of {env.name}\n\n- rows rewritten per table: {data['rows']}\n"
+                             f"- residue scan of every text column and text attachment: **clean**\n"
+                             f"- seconds: {data['seconds']}\n", key="anonymization-report")
+    record_run(inv, "anonymize", env, parameters, "success", [], {"rows": data["rows"], "residue": data["residue"]})
+    return data

@@ -1,0 +1,222 @@
+"""Atomic restores: everything is built beside the target, then swapped in by renames.
+
+The database is restored into ``<target>__odoops_restore`` and the filestore into a hidden sibling
+folder of the target's; only when both are complete and checked are they swapped in: the current
+database is renamed to ``<target>__odoops_prev_<time>`` and its filestore to a hidden ``…odoops-prev-<time>``
+folder (the pre-restore snapshot, kept for ``restore undo``), the new ones renamed into place. A failure
+during the swap renames back what was already renamed. odoops marks every database it creates with a
+``COMMENT ON DATABASE 'odoops:…'`` and never touches one with a reserved name that lacks its mark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from odoops.errors import RefusedError
+from tasks.postgres import ConnInfo, connect
+
+MARK = "odoops:"
+SNAPSHOTS_KEPT = 2  # pre-restore snapshots kept per environment (older ones are dropped by the next restore)
+
+
+def owned_name(target: str, tag: str) -> str:
+    """A database name reserved for odoops next to ``target`` (PostgreSQL names are at most 63 bytes)."""
+    name = f"{target}__odoops_{tag}"
+    if len(name.encode()) <= 63:
+        return name
+    short = hashlib.sha1(target.encode()).hexdigest()[:8]  # noqa: S324 - a name, not a security hash
+    return f"{target.encode()[:63 - len(tag) - 18].decode(errors='ignore')}_{short}__odoops_{tag}"
+
+
+def sibling_folder(target_fs: Path, tag: str) -> Path:
+    return target_fs.parent / f".{target_fs.name}.odoops-{tag}"
+
+
+def _comment(conn, dbname: str) -> str | None:
+    row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                       (dbname,)).fetchone()
+    return None if row is None else (row[0] or "")
+
+
+def _set_comment(conn, dbname: str, data: dict[str, Any] | None) -> None:
+    value = None if data is None else MARK + json.dumps(data, sort_keys=True)
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(dbname), sql.Literal(value)))
+
+
+def database_exists(server: ConnInfo, dbname: str) -> bool:
+    with connect(server.with_dbname("postgres")) as conn:
+        return _comment(conn, dbname) is not None
+
+
+def _terminate(conn, dbname: str) -> None:
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                 "pg_backend_pid()", (dbname,))
+
+
+def _rename(conn, old: str, new: str, attempts: int = 10) -> None:
+    """Rename a database, pushing out sessions (Odoo may reconnect if it could not be stopped)."""
+    for attempt in range(attempts):
+        _terminate(conn, old)
+        try:
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+            return
+        except psycopg.Error:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+
+
+def prepare_scratch(server: ConnInfo, target_db: str, target_fs: Path, source: str) -> tuple[str, Path]:
+    """Create the empty temporary database and folder; clean what an interrupted restore left."""
+    temp_db, temp_fs = owned_name(target_db, "restore"), sibling_folder(target_fs, "restore")
+    with connect(server.with_dbname("postgres")) as conn:
+        comment = _comment(conn, temp_db)
+        if comment is not None:
+            if not comment.startswith(MARK):
+                raise RefusedError(f"database {temp_db!r} exists and odoops did not create it: rename or drop it "
+                                   "yourself (odoops never drops a database it does not own)")
+            _terminate(conn, temp_db)
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(temp_db)))
+        conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(sql.Identifier(temp_db)))
+        _set_comment(conn, temp_db, {"kind": "restore-in-progress", "target": target_db, "source": source,
+                                     "at": datetime.now(UTC).isoformat(timespec="seconds")})
+    if temp_fs.exists():
+        if not (temp_fs / ".odoops-restore").exists():
+            raise RefusedError(f"folder {temp_fs} exists and odoops did not create it: move it away")
+        shutil.rmtree(temp_fs)
+    temp_fs.mkdir(parents=True)
+    (temp_fs / ".odoops-restore").write_text(source)
+    return temp_db, temp_fs
+
+
+def discard_scratch(server: ConnInfo, temp_db: str, temp_fs: Path) -> None:
+    """Drop the temporary database and folder of a restore that did not complete."""
+    with connect(server.with_dbname("postgres")) as conn:
+        comment = _comment(conn, temp_db)
+        if comment is not None and comment.startswith(MARK):
+            _terminate(conn, temp_db)
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(temp_db)))
+    if (temp_fs / ".odoops-restore").exists():
+        shutil.rmtree(temp_fs, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A pre-restore state kept beside the target: its database and filestore under reserved names."""
+
+    environment: str
+    target: str
+    database: str
+    filestore: str | None
+    at: str
+    source: str
+
+
+def swap_in(server: ConnInfo, environment: str, target_db: str, target_fs: Path, temp_db: str, temp_fs: Path,
+            source: str) -> Snapshot | None:
+    """Rename the restored copy into place, keeping the replaced one as a snapshot; all or nothing."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    prev_db, prev_fs = owned_name(target_db, f"prev_{stamp}"), sibling_folder(target_fs, f"prev-{stamp}")
+    undo: list = []
+    snapshot = None
+    (temp_fs / ".odoops-restore").unlink()
+    with connect(server.with_dbname("postgres")) as conn:
+        try:
+            had_target = _comment(conn, target_db) is not None
+            if had_target:
+                _rename(conn, target_db, prev_db)
+                undo.append(lambda: _rename(conn, prev_db, target_db))
+            _rename(conn, temp_db, target_db)
+            undo.append(lambda: _rename(conn, target_db, temp_db))
+            if target_fs.exists():
+                os.rename(target_fs, prev_fs)
+                undo.append(lambda: os.rename(prev_fs, target_fs))
+            target_fs.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(temp_fs, target_fs)
+            undo.append(lambda: os.rename(target_fs, temp_fs))
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            (temp_fs / ".odoops-restore").write_text(source)
+            raise
+        _set_comment(conn, target_db, None)
+        if had_target:
+            snapshot = Snapshot(environment, target_db, prev_db, str(prev_fs) if prev_fs.exists() else None,
+                                datetime.now(UTC).isoformat(timespec="seconds"), source)
+            _set_comment(conn, prev_db, {"kind": "pre-restore", **snapshot.__dict__})
+    return snapshot
+
+
+def list_snapshots(server: ConnInfo, environment: str) -> list[Snapshot]:
+    """This environment's pre-restore snapshots, newest first."""
+    with connect(server.with_dbname("postgres")) as conn:
+        rows = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                            "WHERE shobj_description(oid, 'pg_database') LIKE %s", (MARK + "%",)).fetchall()
+    snapshots = []
+    for (comment,) in rows:
+        data = json.loads(comment[len(MARK):])
+        if data.get("kind") == "pre-restore" and data.get("environment") == environment:
+            data.pop("kind")
+            snapshots.append(Snapshot(**data))
+    return sorted(snapshots, key=lambda s: s.at, reverse=True)
+
+
+def drop_snapshot(server: ConnInfo, snapshot: Snapshot) -> None:
+    with connect(server.with_dbname("postgres")) as conn:
+        comment = _comment(conn, snapshot.database)
+        if comment is None or not comment.startswith(MARK):
+            raise RefusedError(f"database {snapshot.database!r} is not an odoops snapshot: not dropping it")
+        _terminate(conn, snapshot.database)
+        conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(snapshot.database)))
+    if snapshot.filestore:
+        shutil.rmtree(snapshot.filestore, ignore_errors=True)
+
+
+def expire_snapshots(server: ConnInfo, environment: str, keep: int = SNAPSHOTS_KEPT) -> list[str]:
+    dropped = []
+    for snapshot in list_snapshots(server, environment)[keep:]:
+        drop_snapshot(server, snapshot)
+        dropped.append(snapshot.database)
+    return dropped
+
+
+def undo_restore(server: ConnInfo, environment: str, target_fs: Path) -> Snapshot:
+    """Put the newest pre-restore snapshot back; the replaced state becomes a snapshot in its turn."""
+    snapshots = list_snapshots(server, environment)
+    if not snapshots:
+        raise RefusedError(f"environment {environment} has no pre-restore snapshot to go back to")
+    last = snapshots[0]
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    undone_db, undone_fs = owned_name(last.target, f"prev_{stamp}"), sibling_folder(target_fs, f"prev-{stamp}")
+    with connect(server.with_dbname("postgres")) as conn:
+        steps: list = []
+        try:
+            _rename(conn, last.target, undone_db)
+            steps.append(lambda: _rename(conn, undone_db, last.target))
+            _rename(conn, last.database, last.target)
+            steps.append(lambda: _rename(conn, last.target, last.database))
+            if target_fs.exists():
+                os.rename(target_fs, undone_fs)
+                steps.append(lambda: os.rename(undone_fs, target_fs))
+            if last.filestore:
+                os.rename(last.filestore, target_fs)
+        except BaseException:
+            for step in reversed(steps):
+                step()
+            raise
+        _set_comment(conn, last.target, None)
+        replaced = Snapshot(environment, last.target, undone_db, str(undone_fs) if undone_fs.exists() else None,
+                            datetime.now(UTC).isoformat(timespec="seconds"), f"undo of restore from {last.source}")
+        _set_comment(conn, undone_db, {"kind": "pre-restore", **replaced.__dict__})
+    return last
