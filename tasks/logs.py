@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, BinaryIO
 
 from odoops.errors import ConfigError, OdoopsError
@@ -84,22 +85,28 @@ _TS = rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 _RX_HDR_AT = re.compile(_HDR_NC)
 _RX_FIRST = re.compile(rb"\n" + _TS + rb" \d+ [A-Z][A-Z_]* \S+ [^\s:]+:")
 _RX_TS = re.compile(rb"\n" + _TS + rb" \d+ [A-Z][A-Z_]* \S+ [^\s:]+:")
-# Records at levels other than INFO and DEBUG, with their continuation lines.
-_RX_FLAGGED = re.compile(rb"\n" + _TS + rb" (\d+) ((?!INFO |DEBUG )[A-Z][A-Z_]*) (\S+) ([^\s:]+): ?([^\n]*)"
-                         rb"((?:\n(?!" + _HDR_NC + rb")[^\n]*)*)")
 _RX_TB_LINE = re.compile(rb"\nTraceback \(most recent call last\):\r?(?=\n|\Z)")
 _TB = b"\nTraceback (most recent call last):"
 # werkzeug request line: IP - - [date] "METHOD path HTTP/x.y" STATUS SIZE[ QUERIES QUERY_TIME REMAINING | - - -]
-_PATH = rb"\S+(?: \S+)*?"  # lazy: a normal path is one token, a path with spaces still matches
-_TIMING = rb"(?: (?:(\d+) (\d+\.\d+) (\d+\.\d+)|(- - -))(?: [\w-]+)?)?[ \t\r]*$"
-_REQ = rb'\S+ - - \[[^\]\n]*\] "([A-Z]+) (' + _PATH + rb') HTTP/\d(?:\.\d)?" (\d{3}) \S+' + _TIMING
+# Speed: sre runs an optional or repeated *group* (``(?:...)?``, ``(?: x)*?``) through its REPEAT machinery,
+# which costs a context per attempt; ``(?:X|)`` and an explicit alternation try the same candidates in the same
+# order (so they match exactly the same text) at a fraction of the cost. Hence the spellings below.
+# lazy: a normal path is one token (first branch); a path with spaces still matches, shortest first
+_PATH = rb"(?:\S+|\S+(?: \S+)+?)"
+_TIMING = rb"(?: (?:(\d+) (\d+\.\d+) (\d+\.\d+)|(- - -))(?: [\w-]+|)|)[ \t\r]*$"
+_REQ = rb'\S+ - - \[[^\]\n]*\] "([A-Z]+) (' + _PATH + rb') HTTP/\d(?:\.\d|)" (\d{3}) \S+' + _TIMING
 _RX_REQUEST = re.compile(_REQ)
-_REQ_PREFIX = rb"\n\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ [A-Z][A-Z_]* \S+ werkzeug: ?"
-# fast path, one pass: every header's "PID LEVEL DB LOGGER" and, on werkzeug request lines, (status, timing)
+_TS_NC = rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+# Fast path, one findall per block. Every record gives (timestamp, "PID LEVEL DB LOGGER", status, timing, message,
+# continuation): status and timing on werkzeug request lines only (read in a lookahead), timestamp, message and
+# continuation only for records at levels other than INFO and DEBUG. INFO/DEBUG records thus collapse in a
+# Counter to one entry per distinct key and request figures; the others come with their text, in log order.
 _RX_KEYS_REQ = re.compile(
-    rb"\n\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\d+ [A-Z][A-Z_]* \S+ [^\s:]+):(?:(?<= werkzeug:) ?"
-    rb'\S+ - - \[[^\]\n]*\] "[A-Z]+ ' + _PATH + rb' HTTP/\d(?:\.\d)?" (\d{3}) \S+'
-    rb"( \d+ \d+\.\d+ \d+\.\d+| - - -)?(?: [\w-]+)?[ \t\r]*$)?", re.M)
+    rb"\n(?:" + _TS_NC + rb" (?=\d+ (?:INFO|DEBUG) )|(" + _TS_NC + rb") )(\d+ [A-Z][A-Z_]* \S+ [^\s:]+):"
+    rb"(?:(?<= werkzeug:)(?= ?"
+    rb'\S+ - - \[[^\]\n]*\] "[A-Z]+ ' + _PATH + rb' HTTP/\d(?:\.\d|)" (\d{3}) \S+'
+    rb"( \d+ \d+\.\d+ \d+\.\d+| - - -|)(?: [\w-]+|)[ \t\r]*$)|)"
+    rb"(?(1) ?([^\n]*)((?:\n(?!" + _HDR_NC + rb")[^\n]*)*))", re.M)
 _RX_REQ_ROW = re.compile(rb"\n" + _TS + rb" \d+ [A-Z][A-Z_]* (\S+) werkzeug: ?" + _REQ, re.M)
 # INFO-level messages worth classifying; everything at WARNING or above is always classified.
 # INFO/DEBUG messages worth classifying (failed logins, worker limits, lost database connections);
@@ -110,6 +117,8 @@ _KEYWORDS = (
     b"Connection to the database failed",
 )
 _QUIET = frozenset((b"INFO", b"DEBUG"))
+_FIRST = itemgetter(0)
+_FIRST_TWO = itemgetter(0, 1)
 
 _RX_LOGIN_FAILED = re.compile(r"Login failed for db:(\S*) login:(.*?) from (\S+)")
 _RX_FRAME = re.compile(r'^\s+File "([^"]*)", line \d+, in (\S+)')
@@ -713,10 +722,14 @@ class LogAnalyzer:
         count = 0
         keys: dict[bytes, int] = {}
         requests: dict[tuple[bytes, bytes], int] = {}
-        for (key, status, timing), n in Counter(_RX_KEYS_REQ.findall(buf, start, end)).items():
+        found = _RX_KEYS_REQ.findall(buf, start, end)
+        rows = list(filter(_FIRST, found))  # records at levels other than INFO/DEBUG, one by one, in log order
+        for row, n in Counter(found).items():
+            key, status = row[1], row[2]
             keys[key] = keys.get(key, 0) + n
             if status:
-                requests[(status, timing)] = requests.get((status, timing), 0) + n
+                requests[(status, row[3])] = requests.get((status, row[3]), 0) + n
+        del found
         for key, n in keys.items():
             pid, level, db, logger = key.split(b" ")
             count += n
@@ -741,37 +754,51 @@ class LogAnalyzer:
                 self.tracebacks += 1
                 owners.add(_last_header(buf, m.start() + 1))
             self.records_with_traceback += len(owners)
-        # records at WARNING and above, and INFO/DEBUG records holding a keyword
-        done = set()
+        # INFO/DEBUG records holding a keyword (rare): classified in log order among the records above
+        extra: list[tuple[int, tuple[bytes, ...]]] = []
+        seen = -1
+        for pos in _keyword_hits(buf, end, start):
+            rec = _last_header(buf, pos + 1)
+            if rec != seen:
+                seen = rec
+                m = _RX_RECORD.match(buf, rec, end)
+                if m is not None and m.group(3) in _QUIET:
+                    extra.append((rec, m.groups()))
+        if extra:
+            # place the records above by their header (found one after the other) and merge
+            placed: list[tuple[int, int, tuple[bytes, ...]]] = []
+            pos = start - 1
+            for row in rows:
+                at = buf.find(b"\n" + row[0] + b" " + row[1] + b":", pos + 1, end)
+                pos = at if at >= 0 else pos
+                placed.append((pos, 1, row))
+            placed.extend((rec, 0, groups) for rec, groups in extra)
+            placed.sort(key=_FIRST_TWO)
+            todo = [(kind, row) for _, kind, row in placed]
+        else:
+            todo = [(1, row) for row in rows]
         simple = self._simple
-        for m in _RX_FLAGGED.finditer(buf, start, end):
-            done.add(m.start())
-            ts, pid, level, db, logger, msg, cont = groups = m.groups()
+        for kind, row in todo:
+            if not kind:  # a keyword record, as matched by _RX_RECORD
+                self._classify(*row)
+                continue
+            ts, key, _, _, msg, cont = row
+            pid, level, db, logger = key.split(b" ")
             hit = None if cont else simple.get((level, logger, msg))
             if hit is None:
-                self._classify(*groups)
+                self._classify(ts, pid, level, db, logger, msg, cont)
                 continue
             # a repeated single-line record that only counts under its signature: no Python detour
             entry, is_error = hit
             entry["count"] += 1
             entry["last"] = ts
-            dbs = entry["databases"]
-            if db not in dbs and len(dbs) < 5:
-                dbs.append(db)
+            edbs = entry["databases"]
+            if db not in edbs and len(edbs) < 5:
+                edbs.append(db)
             if is_error:
                 self.errors_total += 1
             else:
                 self.warnings_total += 1
-        seen = -1
-        for pos in _keyword_hits(buf, end, start):
-            rec = _last_header(buf, pos + 1)
-            if rec == seen or rec in done:
-                continue
-            seen = rec
-            m = _RX_RECORD.match(buf, rec, end)
-            if m is not None:
-                done.add(rec)
-                self._classify(*m.groups())
 
     def _requests_fast(self, rows: dict[tuple[bytes, bytes], int], buf: bytes, start: int, end: int) -> None:
         """Fold a block's request lines into the counters, one Python step per distinct (status, timing)."""

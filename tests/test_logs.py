@@ -111,6 +111,16 @@ def test_vectorised_and_per_record_paths_agree_whatever_the_block_boundaries():
     assert _run(paths, fast=False, chunk=61) == reference
 
 
+def test_one_source_mixing_every_fixture_gives_the_per_record_result_in_log_order(tmp_path):
+    """Repeated records (same timestamp and text), keyword INFO records between WARNING+ ones: same summary,
+    examples and signature first/last included, as the one-step-per-record reference path."""
+    log = tmp_path / "mixed.log"
+    log.write_bytes(b"".join(p.read_bytes() for p in [*LOGS, SAMPLE]) * 3)
+    reference = _run([log], fast=False)
+    for chunk in (None, 1 << 16, 9999):
+        assert _run([log], chunk=chunk) == reference
+
+
 def test_gzip_stdin_stream_and_lines_sources_give_the_same_figures(tmp_path):
     log = FIXTURES / "14-odoo17-login-failed-http500.log"
     plain = analyze_sources([str(log)])
