@@ -51,15 +51,18 @@ def scratch_name(kind: str = "drill") -> str:
 
 
 def restore_into_scratch(repo: Repository, backup_id: str, server: ConnInfo, dbname: str, filestore: Path,
-                         progress: Callable[[int], None] | None = None, jobs: int = 2) -> None:
-    """Database and filestore of a backup into a new database and an empty folder (the backup is only read)."""
+                         progress: Callable[[int], None] | None = None, jobs: int = 2) -> dict[str, str]:
+    """Database and filestore of a backup into a new database and an empty folder (the backup is only read).
+
+    Returns relpath -> SHA-1 of the files written."""
     create_database(server, dbname)
     with repo.dump_file(backup_id) as dump:
         restore_dump(server.with_dbname(dbname), str(dump), jobs=jobs)
-    materialize(repo.store, repo.filestore_index(backup_id), filestore, progress=progress)
+    return materialize(repo.store, repo.filestore_index(backup_id), filestore, progress=progress)
 
 
-def compare_with_manifest(conn, manifest: dict, filestore: Path, report: DrillReport) -> None:
+def compare_with_manifest(conn, manifest: dict, filestore: Path, report: DrillReport,
+                          sha1s: dict[str, str] | None = None) -> None:
     expected_counts = manifest["odoops"]["database"]["row_counts"]
     counts = table_row_counts(conn)
     report.tables, report.rows = len(counts), sum(counts.values())
@@ -77,7 +80,7 @@ def compare_with_manifest(conn, manifest: dict, filestore: Path, report: DrillRe
     report.attachments_checked = len(attachments)
     known_missing = set(manifest["odoops"].get("missing_files", []))
     report.problems.extend(
-        p for p in check_attachments(filestore, attachments) if p.removeprefix("missing ") not in known_missing
+        p for p in check_attachments(filestore, attachments, sha1s) if p.removeprefix("missing ") not in known_missing
     )
 
 
@@ -89,13 +92,13 @@ def drill_backup(repo: Repository, backup_id: str, server: ConnInfo, keep_scratc
     scratch_root = Path(tempfile.mkdtemp(prefix="odoops-drill-"))
     filestore = scratch_root / "filestore" / dbname
     try:
-        restore_into_scratch(repo, backup_id, server, dbname, filestore, progress)
+        sha1s = restore_into_scratch(repo, backup_id, server, dbname, filestore, progress)
         report.files = sum(1 for p in filestore.rglob("*") if p.is_file())
         if report.files != manifest["odoops"]["filestore"]["files"]:
             report.problems.append(f"filestore has {report.files} files, backup recorded "
                                    f"{manifest['odoops']['filestore']['files']}")
         with connect(server.with_dbname(dbname)) as conn:
-            compare_with_manifest(conn, manifest, filestore, report)
+            compare_with_manifest(conn, manifest, filestore, report, sha1s)
     finally:
         if not keep_scratch:
             drop_database(server, dbname, only_scratch_prefix=SCRATCH_PREFIX)

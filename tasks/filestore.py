@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -158,47 +157,43 @@ def missing_attachment_files(store_fnames: Iterable[str], entries: Iterable[Inde
 
 
 def materialize(store: Store, entries: Iterable[IndexEntry], target: Path, workers: int = 4,
-                progress: Progress | None = None) -> int:
-    """Write the files of an index into ``target`` (which must be empty or absent), checking each sha256.
+                progress: Progress | None = None) -> dict[str, str]:
+    """Write the files of an index into ``target``, checking each sha256; returns relpath -> SHA-1.
 
-    Objects are copied, never moved or linked: the backup stays intact whatever happens to the copy.
+    One read per file computes both digests: sha256 proves the object is intact, SHA-1 is what Odoo's
+    ``ir_attachment.checksum`` holds. Objects are copied, never moved or linked: the backup stays
+    intact whatever happens to the copy.
     """
     target.mkdir(parents=True, exist_ok=True)
     entries = list(entries)
 
-    def write(entry: IndexEntry) -> int:
-        dest = target / entry.relpath
+    def write(entry: IndexEntry) -> tuple[str, str]:
         if ".." in Path(entry.relpath).parts or Path(entry.relpath).is_absolute():
             raise IntegrityError(f"filestore index entry {entry.relpath!r} escapes the filestore: the backup is corrupt")
+        dest = target / entry.relpath
         dest.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
+        sha256, sha1 = hashlib.sha256(), hashlib.sha1()  # noqa: S324 - SHA-1 is Odoo's checksum
         try:
-            local = store.local_path(object_key(entry.sha256))
-            if local is not None:
-                shutil.copyfile(local, dest)
-                with open(dest, "rb") as f:
-                    while chunk := f.read(CHUNK):
-                        digest.update(chunk)
-            else:
-                with store.open(object_key(entry.sha256)) as src, open(dest, "wb") as out:
-                    while chunk := src.read(CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-        except FileNotFoundError:
+            with store.open(object_key(entry.sha256)) as src, open(dest, "wb") as out:
+                while chunk := src.read(CHUNK):
+                    sha256.update(chunk)
+                    sha1.update(chunk)
+                    out.write(chunk)
+        except StorageError:
             raise IntegrityError(f"object for {entry.relpath} is missing from the repository: the backup is damaged "
                                  "(run backups verify)") from None
         except OSError as exc:
             if exc.errno == 28:
                 raise DiskFull(f"no space left on device writing {dest.parent}: free space and retry") from None
             raise OdoopsError(f"cannot write {dest}: {exc.strerror}") from None
-        if digest.hexdigest() != entry.sha256:
+        if sha256.hexdigest() != entry.sha256:
             raise IntegrityError(f"object for {entry.relpath} does not match its sha256: the backup is damaged")
         if progress:
             progress(entry.size)
-        return entry.size
+        return entry.relpath, sha1.hexdigest()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return sum(pool.map(write, entries))
+        return dict(pool.map(write, entries))
 
 
 def sha1_of_file(path: Path) -> str:
@@ -209,13 +204,17 @@ def sha1_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_attachments(filestore: Path, attachments: Iterable[tuple[str, str | None]]) -> list[str]:
-    """Problems with attachments' files: missing, or content not matching ``ir_attachment.checksum``."""
+def check_attachments(filestore: Path, attachments: Iterable[tuple[str, str | None]],
+                      sha1s: dict[str, str] | None = None) -> list[str]:
+    """Problems with attachments' files: missing, or content not matching ``ir_attachment.checksum``.
+
+    ``sha1s`` (relpath -> SHA-1, computed while the files were written) saves reading them again.
+    """
     problems = []
     for store_fname, checksum in attachments:
         path = filestore / store_fname
-        if not path.is_file():
+        if (store_fname not in sha1s) if sha1s is not None else not path.is_file():
             problems.append(f"missing {store_fname}")
-        elif checksum and sha1_of_file(path) != checksum:
+        elif checksum and (sha1s[store_fname] if sha1s is not None else sha1_of_file(path)) != checksum:
             problems.append(f"checksum mismatch {store_fname}")
     return problems

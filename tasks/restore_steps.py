@@ -114,8 +114,7 @@ def load_filestore(source: RestoreSource, folder: Path, progress: Progress = Non
     """Write the source's filestore into ``folder``; SHA-1 of each file when computed on the way."""
     if source.kind == "catalog":
         repo = source.repo  # type: ignore[attr-defined]
-        materialize(repo.store, repo.filestore_index(source.backup_id), folder, progress=progress)
-        return None
+        return materialize(repo.store, repo.filestore_index(source.backup_id), folder, progress=progress)
     if source.kind == "odoo-zip":
         with zipfile.ZipFile(source.local_path) as zf:
             return odoo_archive.extract_filestore(zf, folder, progress)
@@ -140,12 +139,7 @@ def verify_restored(conninfo: ConnInfo, source: RestoreSource, folder: Path,
         attachment_state = "n/a (a .dump has no filestore)"
     else:
         known_missing = set(source.missing_files)
-        if sha1s is not None:
-            found = [f"missing {n}" if n not in sha1s else f"checksum mismatch {n}"
-                     for n, checksum in attachments
-                     if n not in sha1s or (checksum and sha1s[n] != checksum)]
-        else:
-            found = check_attachments(folder, attachments)
+        found = check_attachments(folder, attachments, sha1s)
         problems += [p for p in found if p.removeprefix("missing ") not in known_missing]
         attachment_state = f"{len(attachments)} checked"
     summary = {"tables": len(counts), "rows": sum(counts.values()), "files": files, "attachments": attachment_state,
