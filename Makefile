@@ -21,7 +21,8 @@ lint:
 	$(UV) ruff check .
 
 bench: setup  ## benchmarks on the large generated Odoo database (minutes; figures, not pass/fail)
-	$(UV) python bench/bench_backup.py
+	$(UV) python bench/bench_backup.py --reuse
+	$(UV) python bench/bench_restore.py
 	$(UV) python bench/bench_logs.py
 	$(UV) python bench/bench_anonymize.py
 

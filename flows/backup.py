@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from odoops.inventory import BACKUP_KINDS
 from odoops.platforms import platform_for
@@ -85,7 +86,8 @@ def backup_flow(environment: str, kind: str = "manual", storage: str | None = No
             config = steps.store_config(platform, repo, backup_id)
             if config:
                 parts["odoo.conf"] = config
-            manifest = commit_backup(env, repo, backup_id, kind, started, facts, parts, files.result())
+            # quote(): Prefect need not walk 20,000 index entries looking for futures in the arguments
+            manifest = commit_backup(env, repo, backup_id, kind, started, quote(facts), parts, quote(files.result()))
     except Exception as exc:
         record_run(inv, "backup", env, parameters, f"failed: {exc}", [backup_id] if backup_id else [])
         raise

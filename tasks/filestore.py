@@ -18,7 +18,7 @@ from pathlib import Path
 
 from odoops.errors import DiskFull, IntegrityError, OdoopsError, StorageError
 from odoops.platforms.base import FilestoreEntry, Platform
-from tasks.storage import CHUNK, LocalStore, Store
+from tasks.storage import CHUNK, LocalStore, Store, fsync_dir
 
 Progress = Callable[[int], None]  # called with bytes processed
 
@@ -27,7 +27,7 @@ def object_key(sha256: str) -> str:
     return f"objects/{sha256[:2]}/{sha256}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IndexEntry:
     relpath: str
     size: int
@@ -139,15 +139,33 @@ def store_filestore(platform: Platform, store: Store, known_objects: set[str],
             progress(size)
         return entry, sha, size, is_new
 
+    touched: set[str] = set()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for entry, sha, size, is_new in pool.map(work, todo):
+        for entry, sha, size, is_new in _bounded_map(pool, work, todo, in_flight=workers * 16):
             entries.append(IndexEntry(entry.relpath, size, sha, entry.mtime_ns))
             read_bytes += size
             if is_new:
                 new_objects += 1
                 new_bytes += size
+                touched.add(sha[:2])
+    if isinstance(store, LocalStore):
+        for prefix in touched:  # the renames are durable before the index refers to them
+            fsync_dir(store.root / "objects" / prefix)
     entries.sort(key=lambda e: e.relpath)
     return FilestoreResult(entries, new_objects, new_bytes, read_bytes)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, in_flight: int):
+    """pool.map with at most ``in_flight`` jobs queued, so memory does not grow with the filestore."""
+    from collections import deque
+
+    queue: deque = deque()
+    for item in items:
+        queue.append(pool.submit(fn, item))
+        if len(queue) >= in_flight:
+            yield queue.popleft().result()
+    while queue:
+        yield queue.popleft().result()
 
 
 def missing_attachment_files(store_fnames: Iterable[str], entries: Iterable[IndexEntry]) -> list[str]:

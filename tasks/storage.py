@@ -136,7 +136,7 @@ class LocalStore(Store):
                 os.fsync(out.fileno())
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _os_error(exc, key) from None
@@ -194,7 +194,7 @@ class LocalStore(Store):
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
     def clean_tmp(self) -> int:
@@ -205,7 +205,8 @@ class LocalStore(Store):
         return count
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -14,7 +14,7 @@ from odoops.secrets import read_secret
 from tasks.postgres import ConnInfo
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FilestoreEntry:
     """One file of an Odoo filestore, path relative to ``<data_dir>/filestore/<db>/``."""
 
