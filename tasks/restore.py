@@ -126,7 +126,7 @@ class Snapshot:
 def swap_in(server: ConnInfo, environment: str, target_db: str, target_fs: Path, temp_db: str, temp_fs: Path,
             source: str) -> Snapshot | None:
     """Rename the restored copy into place, keeping the replaced one as a snapshot; all or nothing."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
     prev_db, prev_fs = owned_name(target_db, f"prev_{stamp}"), sibling_folder(target_fs, f"prev-{stamp}")
     undo: list = []
     snapshot = None
@@ -153,7 +153,7 @@ def swap_in(server: ConnInfo, environment: str, target_db: str, target_fs: Path,
         _set_comment(conn, target_db, None)
         if had_target:
             snapshot = Snapshot(environment, target_db, prev_db, str(prev_fs) if prev_fs.exists() else None,
-                                datetime.now(UTC).isoformat(timespec="seconds"), source)
+                                datetime.now(UTC).isoformat(), source)
             _set_comment(conn, prev_db, {"kind": "pre-restore", **snapshot.__dict__})
     return snapshot
 
@@ -197,7 +197,7 @@ def undo_restore(server: ConnInfo, environment: str, target_fs: Path) -> Snapsho
     if not snapshots:
         raise RefusedError(f"environment {environment} has no pre-restore snapshot to go back to")
     last = snapshots[0]
-    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
     undone_db, undone_fs = owned_name(last.target, f"prev_{stamp}"), sibling_folder(target_fs, f"prev-{stamp}")
     with connect(server.with_dbname("postgres")) as conn:
         steps: list = []
@@ -217,6 +217,6 @@ def undo_restore(server: ConnInfo, environment: str, target_fs: Path) -> Snapsho
             raise
         _set_comment(conn, last.target, None)
         replaced = Snapshot(environment, last.target, undone_db, str(undone_fs) if undone_fs.exists() else None,
-                            datetime.now(UTC).isoformat(timespec="seconds"), f"undo of restore from {last.source}")
+                            datetime.now(UTC).isoformat(), f"undo of restore from {last.source}")
         _set_comment(conn, undone_db, {"kind": "pre-restore", **replaced.__dict__})
     return last
