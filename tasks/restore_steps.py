@@ -188,7 +188,8 @@ def make_it_a_copy(env: Environment, source: RestoreSource, conninfo: ConnInfo, 
 
 
 def post_checks(env: Environment, target: ConnInfo) -> dict[str, Any]:
-    """After the swap: the database answers under its name and, with a URL, Odoo answers /web/health."""
+    """After the swap: the database answers under its name and, with a URL, Odoo answers /web/health and
+    (when ``health.login`` is configured) a real XML-RPC login succeeds."""
     from odoops.checks import probe_url
 
     checks: dict[str, Any] = {}
@@ -197,7 +198,9 @@ def post_checks(env: Environment, target: ConnInfo) -> dict[str, Any]:
         checks["database.is_neutralized"] = bool(row and row[0].lower() in ("true", "1"))
     if env.url:
         ok, detail = probe_url(env.url)
-        checks["web/health"] = detail
-        if not ok:
-            checks["web/health"] = f"FAILED: {detail}"
+        checks["web/health"] = detail if ok else f"FAILED: {detail}"
+        from tasks.health import login_check, thresholds_for
+
+        login = login_check(env, thresholds_for(env), env.url)
+        checks["xmlrpc login"] = f"{login.status}: {login.detail}"
     return checks

@@ -3,6 +3,7 @@ undo, gates, and hostile or damaged archives."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -98,6 +99,26 @@ def test_odoo_archives_restore_to_the_same_rows_and_files(envs, pg_cluster, samp
 
     [record] = [r for r in read_audit(repository_for(load_inventory(inv), "local").store, "staging")]
     assert record["parameters"]["neutralize"] is False  # turning neutralization off is on the record
+
+
+def test_after_the_swap_odoo_answers_and_a_user_logs_in(tmp_path, pg_cluster, envs, monkeypatch):
+    from flows.restore import restore_flow
+    from tests.odoo_standin import OdooStandin
+
+    _, _, _, staging_db, staging_fs = envs
+    monkeypatch.setenv("STAGING_LOGIN_PASSWORD", "staging-secret")
+    with OdooStandin(databases={staging_db: {"admin": ("staging-secret", 2)}}) as odoo:
+        env = host_env(pg_cluster, staging_db, staging_fs, stage="staging", url=odoo.url,
+                       health={"login": "admin", "login_password_env": "STAGING_LOGIN_PASSWORD"})
+        inv = write_inventory(tmp_path / "inv2.yaml", {"staging": env})
+        restore_flow(str(SAMPLE_ZIP), "staging", inventory=str(inv))
+    from odoops.audit import read_audit
+
+    [record] = read_audit(repository_for(load_inventory(inv), "local").store, "staging")
+    checks = record["details"]["post_checks"]
+    assert checks["web/health"] == "HTTP 200 pass" and checks["xmlrpc login"].startswith("ok: admin logged in")
+    assert checks["database.is_neutralized"] is True
+    assert "staging-secret" not in json.dumps(record)
 
 
 def test_restore_over_an_environment_keeps_a_snapshot_and_undo_puts_it_back(envs, pg_cluster):
