@@ -34,6 +34,12 @@ environments:
     filestore: data/filestore/{DBNAME}
     logs: [{PROJECT / 'sample' / 'odoo17' / 'server.log'}]
     backup: {{storage: local, schedule: "0 2 * * *", timezone: Europe/Brussels, keep: {{daily: 7, weekly: 4, monthly: 3}}}}
+  staging:
+    stage: staging
+    platform: host
+    database: {{dsn: "postgresql://postgres@127.0.0.1:{port}/{DBNAME}_staging"}}
+    filestore: data/filestore/{DBNAME}_staging
+    backup: {{storage: local, keep: {{daily: 7}}}}
 """
 
 
@@ -63,15 +69,22 @@ def run() -> int:
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     cluster = up()
     try:
-        steps = [("envs", "check", "production"), ("backup", "production"), ("backups", "list"),
-                 ("history", "production")]
-        for step in steps:
+        for step in [("envs", "list"), ("envs", "check", "production"), ("backup", "production"), ("backups", "list")]:
+            print(f"\n$ odoops {' '.join(step)}", flush=True)
+            if _odoops(*step) != 0:
+                return 1
+        from odoops.inventory import load_inventory
+        from odoops.runtime import repository_for
+
+        latest = repository_for(load_inventory(INVENTORY), "local").latest("production").id
+        for step in [("backups", "drill", latest), ("restore", latest, "--to", "staging"), ("history",)]:
             print(f"\n$ odoops {' '.join(step)}", flush=True)
             if _odoops(*step) != 0:
                 return 1
     finally:
         cluster.stop(remove=False)
-    print("\nThe backups are in .demo/backups. To open the Prefect UI with the odoops deployments:\n"
+    print("\nThe backups are in .demo/backups; staging is a neutralized copy of production (database "
+          f"{DBNAME}_staging). To open the Prefect UI with the odoops deployments:\n"
           "  make serve     (then http://127.0.0.1:4200, Deployments > backup > Run)")
     return 0
 
