@@ -181,8 +181,9 @@ def hostile_zip(tmp_path: Path, name: str, entries: dict[str, bytes], symlink: s
         (lambda t: hostile_zip(t, "escape.zip", {"filestore/../../escaped": b"pwned"}), "outside its folder"),
         (lambda t: hostile_zip(t, "absolute.zip", {"/tmp/odoops-absolute": b"pwned"}), "outside its folder"),
         (lambda t: hostile_zip(t, "link.zip", {}, symlink="filestore/ab/link"), "holds a link"),
+        (lambda t: _flipped(t), "could not be read from the archive"),
     ],
-    ids=["corrupt-zip", "truncated-dump", "no-dump-sql", "dotdot", "absolute", "symlink"],
+    ids=["corrupt-zip", "truncated-dump", "no-dump-sql", "dotdot", "absolute", "symlink", "bad-crc"],
 )
 def test_bad_archives_are_refused_and_nothing_is_touched(envs, pg_cluster, tmp_path, make, error):
     from flows.restore import restore_flow
@@ -197,6 +198,19 @@ def test_bad_archives_are_refused_and_nothing_is_touched(envs, pg_cluster, tmp_p
         assert leftovers.fetchone()[0] == 0
     assert not staging_fs.exists() and not Path("/tmp/odoops-absolute").exists()
     assert not (tmp_path.parent / "escaped").exists()
+
+
+def _flipped(tmp_path: Path) -> Path:
+    """The sample zip with bytes flipped inside one filestore file's compressed data (CRC no longer matches)."""
+    data = bytearray(SAMPLE_ZIP.read_bytes())
+    info = max((i for i in zipfile.ZipFile(SAMPLE_ZIP).infolist() if i.filename.startswith("filestore/")),
+               key=lambda i: i.compress_size)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for offset in range(start + info.compress_size // 2, start + info.compress_size // 2 + 3):
+        data[offset] ^= 0xFF
+    path = tmp_path / "flipped.zip"
+    path.write_bytes(bytes(data))
+    return path
 
 
 def _truncated(tmp_path: Path, source: Path, name: str, size: int) -> Path:
