@@ -1,0 +1,280 @@
+"""Odoo-specific SQL: neutralization of a copied database and the copy's fresh identity.
+
+Why this exists: a staging or development copy of production must not act as production. Odoo 16+
+ships ``odoo-bin neutralize``, which runs the ``data/neutralize.sql`` of every installed module; where
+the target can run it, the flows use it. Where it cannot (no Odoo in reach, only PostgreSQL), odoops
+applies the equivalent below: the same statements, per module, each guarded by "module installed AND
+table/columns exist" so that one rule set serves every Odoo version from 16 on. Every statement is
+written so that running it twice changes nothing more (Odoo's own base script inserts a second dummy
+mail server on a second run; ours does not).
+
+A copy also gets a new ``database.uuid`` and ``database.secret`` (Odoo does the same for a "copy"
+restore) so that IAP, the publisher warranty and signed tokens never mistake it for production.
+The secret is never returned, logged or put in an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+import psycopg
+
+from tasks.postgres import installed_modules
+
+log = logging.getLogger(__name__)
+
+DUMMY_MAIL_SERVER = "neutralization - disable emails"
+NEUTRALIZED_FLAG = "database.is_neutralized"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One neutralization statement of one module, applied only when its tables/columns exist."""
+
+    module: str
+    description: str
+    requires: tuple[tuple[str, tuple[str, ...]], ...]  # (table, (columns...)) that must exist
+    statement: str
+    odoo: bool = True  # False: an odoops addition Odoo's own neutralize.sql does not make
+
+
+# The statements follow Odoo's data/neutralize.sql of each module (16.0-18.0); literals only, no
+# identifier is ever formatted in.
+STEPS: tuple[Step, ...] = (
+    # ---- base
+    Step("base", "deactivate outgoing mail servers",
+         (("ir_mail_server", ("active", "name")),),
+         "UPDATE ir_mail_server SET active = false WHERE active IS DISTINCT FROM false AND name <> %(dummy)s"),
+    Step("base", "add the dummy outgoing mail server (stops fallback to the command-line SMTP server)",
+         (("ir_mail_server", ("name", "smtp_port", "smtp_host", "smtp_encryption", "active",
+                              "smtp_authentication")),),
+         "INSERT INTO ir_mail_server (name, smtp_port, smtp_host, smtp_encryption, active, smtp_authentication) "
+         "SELECT %(dummy)s::varchar, 1025, 'invalid', 'none', true, 'login' "
+         "WHERE NOT EXISTS (SELECT 1 FROM ir_mail_server WHERE name = %(dummy)s)"),
+    Step("base", "keep the dummy outgoing mail server active",
+         (("ir_mail_server", ("name", "active")),),
+         "UPDATE ir_mail_server SET active = true WHERE name = %(dummy)s AND active IS DISTINCT FROM true"),
+    Step("base", "deactivate every scheduled action but base.autovacuum_job",
+         (("ir_cron", ("active",)), ("ir_model_data", ("model", "module", "name", "res_id"))),
+         "UPDATE ir_cron SET active = false WHERE active AND id NOT IN ("
+         " SELECT res_id FROM ir_model_data WHERE model = 'ir.cron' AND module = 'base' AND name = 'autovacuum_job')"),
+    Step("base", "set database.is_neutralized",
+         (("ir_config_parameter", ("key", "value")),),
+         "INSERT INTO ir_config_parameter (key, value) VALUES (%(flag)s, 'true') "
+         "ON CONFLICT (key) DO UPDATE SET value = 'true' WHERE ir_config_parameter.value IS DISTINCT FROM 'true'"),
+    Step("base", "disable webhooks of server actions",
+         (("ir_act_server", ("state", "webhook_url")),),
+         "UPDATE ir_act_server SET webhook_url = 'neutralization - disable webhook' "
+         "WHERE state = 'webhook' AND webhook_url IS DISTINCT FROM 'neutralization - disable webhook'"),
+    # ---- web
+    Step("web", "activate the neutralization banner",
+         (("ir_ui_view", ("key", "active")),),
+         "UPDATE ir_ui_view SET active = true WHERE key = 'web.neutralize_banner' AND active IS DISTINCT FROM true"),
+    # ---- mail (fetchmail merged into mail in 16.0)
+    Step("mail", "detach mail templates from their outgoing mail server",
+         (("mail_template", ("mail_server_id",)),),
+         "UPDATE mail_template SET mail_server_id = NULL WHERE mail_server_id IS NOT NULL"),
+    Step("mail", "deactivate incoming mail servers",
+         (("fetchmail_server", ("active",)),),
+         "UPDATE fetchmail_server SET active = false WHERE active IS DISTINCT FROM false"),
+    Step("mail", "delete the web-push VAPID keys",
+         (("ir_config_parameter", ("key",)),),
+         "DELETE FROM ir_config_parameter "
+         "WHERE key IN ('mail.web_push_vapid_private_key', 'mail.web_push_vapid_public_key')"),
+    Step("fetchmail", "deactivate incoming mail servers",
+         (("fetchmail_server", ("active",)),),
+         "UPDATE fetchmail_server SET active = false WHERE active IS DISTINCT FROM false"),
+    # ---- iap (SMS, snailmail, partner autocomplete... all go through IAP accounts)
+    Step("iap", "disable IAP account tokens (suffix +disabled)",
+         (("iap_account", ("account_token",)),),
+         "UPDATE iap_account SET account_token = regexp_replace(account_token, '(\\+.*)?$', '+disabled') "
+         "WHERE account_token IS NOT NULL AND account_token NOT LIKE '%%+disabled'"),
+    # ---- payment
+    Step("payment", "put payment providers in disabled state",
+         (("payment_provider", ("state",)),),
+         "UPDATE payment_provider SET state = 'disabled' WHERE state NOT IN ('test', 'disabled')"),
+    Step("payment", "take payment providers out of live mode",
+         (("payment_provider", ("is_live",)),),
+         "UPDATE payment_provider SET is_live = false WHERE is_live"),
+    # ---- delivery
+    Step("delivery", "take delivery carriers out of production environment",
+         (("delivery_carrier", ("prod_environment",)),),
+         "UPDATE delivery_carrier SET prod_environment = false WHERE prod_environment"),
+    # ---- website
+    Step("website", "remove website domains",
+         (("website", ("domain",)),),
+         "UPDATE website SET domain = NULL WHERE domain IS NOT NULL"),
+    Step("website", "activate the website neutralization ribbon",
+         (("ir_ui_view", ("key", "active")),),
+         "UPDATE ir_ui_view SET active = true WHERE key = 'website.neutralize_ribbon' AND active IS DISTINCT FROM true"),
+    Step("website", "disable the CDN",
+         (("website", ("cdn_activated",)),),
+         "UPDATE website SET cdn_activated = false WHERE cdn_activated"),
+    Step("website", "disallow indexing in robots.txt",
+         (("website", ("robots_txt",)),),
+         "UPDATE website SET robots_txt = E'User-agent: *\\nDisallow: /' "
+         "WHERE robots_txt IS DISTINCT FROM E'User-agent: *\\nDisallow: /'"),
+    # ---- calendars
+    Step("google_calendar", "drop Google Calendar tokens and stop synchronization",
+         (("res_users_settings", ("google_calendar_rtoken", "google_calendar_token",
+                                  "google_synchronization_stopped")),),
+         "UPDATE res_users_settings SET google_calendar_rtoken = NULL, google_calendar_token = NULL, "
+         "google_synchronization_stopped = true "
+         "WHERE google_calendar_rtoken IS NOT NULL OR google_calendar_token IS NOT NULL "
+         "OR google_synchronization_stopped IS DISTINCT FROM true"),
+    Step("microsoft_calendar", "drop Microsoft Calendar tokens (users)",
+         (("res_users", ("microsoft_calendar_token", "microsoft_calendar_rtoken")),),
+         "UPDATE res_users SET microsoft_calendar_token = NULL, microsoft_calendar_rtoken = NULL "
+         "WHERE microsoft_calendar_token IS NOT NULL OR microsoft_calendar_rtoken IS NOT NULL"),
+    Step("microsoft_calendar", "drop Microsoft Calendar tokens (user settings)",
+         (("res_users_settings", ("microsoft_calendar_token", "microsoft_calendar_rtoken")),),
+         "UPDATE res_users_settings SET microsoft_calendar_token = NULL, microsoft_calendar_rtoken = NULL "
+         "WHERE microsoft_calendar_token IS NOT NULL OR microsoft_calendar_rtoken IS NOT NULL"),
+    Step("microsoft_calendar", "stop Microsoft Calendar synchronization",
+         (("res_users_settings", ("microsoft_calendar_sync_token", "microsoft_synchronization_stopped")),),
+         "UPDATE res_users_settings SET microsoft_calendar_sync_token = NULL, microsoft_synchronization_stopped = true "
+         "WHERE microsoft_calendar_sync_token IS NOT NULL OR microsoft_synchronization_stopped IS DISTINCT FROM true"),
+    # ---- auth_oauth: every provider off but those listed in auth_oauth.dont_neutralize_providers
+    Step("auth_oauth", "disable OAuth providers (but auth_oauth.dont_neutralize_providers)",
+         (("auth_oauth_provider", ("enabled",)),),
+         "UPDATE auth_oauth_provider SET enabled = false WHERE enabled AND id NOT IN ("
+         " SELECT (jsonb_array_elements_text(CASE WHEN jsonb_typeof(value::jsonb) = 'array' THEN value::jsonb"
+         "  ELSE '[]'::jsonb END))::integer"
+         " FROM ir_config_parameter WHERE key = 'auth_oauth.dont_neutralize_providers'"
+         "  AND value ~ '^\\s*\\[[0-9,\\s]*\\]\\s*$')"),
+    # ---- odoops additions: queues that would leave the copy once someone re-enables a cron
+    Step("sms", "cancel queued SMS", (("sms_sms", ("state",)),),
+         "UPDATE sms_sms SET state = 'canceled' WHERE state = 'outgoing'", odoo=False),
+    Step("snailmail", "cancel pending letters", (("snailmail_letter", ("state",)),),
+         "UPDATE snailmail_letter SET state = 'canceled' WHERE state = 'pending'", odoo=False),
+    Step("google_gmail", "drop Gmail OAuth tokens of mail servers",
+         (("ir_mail_server", ("google_gmail_refresh_token", "google_gmail_access_token",
+                              "google_gmail_authorization_code")),),
+         "UPDATE ir_mail_server SET google_gmail_refresh_token = NULL, google_gmail_access_token = NULL, "
+         "google_gmail_authorization_code = NULL WHERE google_gmail_refresh_token IS NOT NULL "
+         "OR google_gmail_access_token IS NOT NULL OR google_gmail_authorization_code IS NOT NULL", odoo=False),
+)
+
+
+@dataclass
+class NeutralizeReport:
+    """What neutralization did: rows changed per applied step, and steps skipped (and why)."""
+
+    modules: list[str] = field(default_factory=list)
+    applied: list[tuple[str, str, int]] = field(default_factory=list)  # (module, step, rows changed)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (module, step, reason)
+
+    @property
+    def rows_changed(self) -> int:
+        return sum(rows for _, _, rows in self.applied)
+
+
+def table_columns(conn: psycopg.Connection, table: str, schema: str = "public") -> set[str]:
+    """Column names of a table (empty when the table does not exist)."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped",
+        (schema, table),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def neutralize(conn: psycopg.Connection) -> NeutralizeReport:
+    """Apply odoops' equivalent of ``odoo-bin neutralize`` for the installed modules, in one transaction."""
+    report = NeutralizeReport()
+    with conn.transaction():
+        modules = installed_modules(conn)
+        report.modules = sorted(m for m in {s.module for s in STEPS} if m in modules)
+        columns_of: dict[str, set[str]] = {}
+        for step in STEPS:
+            if step.module not in modules:
+                continue
+            missing = []
+            for table, needed in step.requires:
+                cols = columns_of.setdefault(table, table_columns(conn, table))
+                if not cols:
+                    missing.append(f"table {table}")
+                else:
+                    missing.extend(f"column {table}.{c}" for c in needed if c not in cols)
+            if missing:
+                report.skipped.append((step.module, step.description, "no " + ", ".join(missing)))
+                continue
+            cur = conn.execute(step.statement, {"dummy": DUMMY_MAIL_SERVER, "flag": NEUTRALIZED_FLAG})
+            rows = max(cur.rowcount, 0)
+            report.applied.append((step.module, step.description, rows))
+            log.info("neutralize %s: %s (%d rows)", step.module, step.description, rows)
+    return report
+
+
+def verify_neutralized(conn: psycopg.Connection) -> list[str]:
+    """Problems that make the database unsafe as a copy (empty list: it is neutralized)."""
+    problems: list[str] = []
+    flag = conn.execute("SELECT value FROM ir_config_parameter WHERE key = %s", (NEUTRALIZED_FLAG,)).fetchone()
+    if not flag or str(flag[0]).strip().lower() not in ("true", "1"):
+        problems.append("database.is_neutralized is not set: run the neutralization")
+    crons = conn.execute(
+        "SELECT count(*) FROM ir_cron WHERE active AND id NOT IN (SELECT res_id FROM ir_model_data "
+        "WHERE model = 'ir.cron' AND module = 'base' AND name = 'autovacuum_job')").fetchone()[0]
+    if crons:
+        problems.append(f"{crons} scheduled action(s) other than the autovacuum are active: run the neutralization")
+    servers = conn.execute("SELECT count(*) FILTER (WHERE name <> %s), count(*) FILTER (WHERE name = %s) "
+                           "FROM ir_mail_server WHERE active", (DUMMY_MAIL_SERVER, DUMMY_MAIL_SERVER)).fetchone()
+    if servers[0]:
+        problems.append(f"{servers[0]} outgoing mail server(s) other than the dummy one are active: "
+                        "run the neutralization")
+    if not servers[1]:
+        problems.append("the dummy outgoing mail server is missing or inactive, Odoo would fall back to the "
+                        "command-line SMTP server: run the neutralization")
+    if table_columns(conn, "fetchmail_server") >= {"active"}:
+        n = conn.execute("SELECT count(*) FROM fetchmail_server WHERE active").fetchone()[0]
+        if n:
+            problems.append(f"{n} incoming mail server(s) are active: run the neutralization")
+    if table_columns(conn, "iap_account") >= {"account_token"}:
+        n = conn.execute("SELECT count(*) FROM iap_account WHERE account_token IS NOT NULL "
+                         "AND account_token NOT LIKE '%+disabled'").fetchone()[0]
+        if n:
+            problems.append(f"{n} IAP account token(s) are live: run the neutralization")
+    if table_columns(conn, "payment_provider") >= {"state"}:
+        n = conn.execute("SELECT count(*) FROM payment_provider WHERE state = 'enabled'").fetchone()[0]
+        if n:
+            problems.append(f"{n} payment provider(s) are enabled in production mode: run the neutralization")
+    if table_columns(conn, "delivery_carrier") >= {"prod_environment"}:
+        n = conn.execute("SELECT count(*) FROM delivery_carrier WHERE prod_environment").fetchone()[0]
+        if n:
+            problems.append(f"{n} delivery carrier(s) are in production environment: run the neutralization")
+    return problems
+
+
+@dataclass(frozen=True)
+class CopyIdentity:
+    """The copy's new public identity (the new secret is deliberately not part of it)."""
+
+    uuid: str
+    base_url: str | None
+
+
+def _set_param(conn: psycopg.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO ir_config_parameter (key, value, create_date, write_date) "
+        "VALUES (%s, %s, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC') "
+        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, write_date = EXCLUDED.write_date",
+        (key, value),
+    )
+
+
+def refresh_copy_identity(conn: psycopg.Connection, base_url: str | None = None) -> CopyIdentity:
+    """Give a copied database a new database.uuid and database.secret (uuid4 each, as Odoo's secret is).
+
+    ``web.base.url`` is set when given; ``database.create_date`` is left untouched.
+    """
+    new_uuid = str(uuid.uuid4())
+    with conn.transaction():
+        _set_param(conn, "database.uuid", new_uuid)
+        _set_param(conn, "database.secret", str(uuid.uuid4()))
+        if base_url:
+            _set_param(conn, "web.base.url", base_url.rstrip("/"))
+    log.info("copy identity refreshed: new database.uuid %s, new database.secret", new_uuid)
+    return CopyIdentity(uuid=new_uuid, base_url=base_url.rstrip("/") if base_url else None)
