@@ -107,6 +107,23 @@ _RX_KEYS_REQ = re.compile(
     rb'\S+ - - \[[^\]\n]*\] "[A-Z]+ ' + _PATH + rb' HTTP/\d(?:\.\d|)" (\d{3}) \S+'
     rb"( \d+ \d+\.\d+ \d+\.\d+| - - -|)(?: [\w-]+|)[ \t\r]*$)|)"
     rb"(?(1) ?([^\n]*)((?:\n(?!" + _HDR_NC + rb")[^\n]*)*))", re.M)
+# Two-pass fast path (LogAnalyzer._scan_fast). Headers: one string per record: "PID LEVEL DB LOGGER" for INFO and
+# DEBUG records (few distinct strings, counted in C by Counter), the whole record text (timestamp, header, message,
+# continuation) for the others (rare). Requests: one string per werkzeug request line (the rest of the line from
+# the request's opening quote), found from the literal " werkzeug:"; valid only when every " werkzeug:" of the
+# block is a werkzeug header's logger field (checked by counting), else the one-pass _RX_KEYS_REQ is used.
+_TS_U = rb"\d\d\d\d-\d\d-\d\d \d\d:\d\d:\d\d,\d\d\d"  # _TS_NC unrolled: same text, sre runs it faster
+_RX_KEYS = re.compile(
+    # possessive (++, *+) where backtracking could not find another match anyway: same matches, less work;
+    # an INFO/DEBUG record takes the first branch and the key; any other falls back to the lookahead branch
+    rb"\n(?:" + _TS_U + rb" |(?=" + _TS_U + rb" ))(\d++ (?:INFO|DEBUG) \S++ [^\s:]++(?=:)|"
+    + _TS_U + rb" \d++ [A-Z][A-Z_]*+ \S++ [^\s:]++:[^\n]*+(?:\n(?!" + _HDR_NC + rb")[^\n]*+)*+)")
+_WZ = b" werkzeug:"
+_RX_WZ_REQ = re.compile(rb' werkzeug: ?\S+ - - \[[^\]\n]*\] "([^\n]*+)')
+# ... and the rest of the line (from the request's opening quote) is checked once per distinct value: the part
+# above cannot match in another way, so this is exactly _REQ (a rest that fails is not a request, as there)
+_RX_REQ_REST = re.compile(
+    rb"[A-Z]+ " + _PATH + rb' HTTP/\d(?:\.\d|)" (\d{3}) \S+( \d+ \d+\.\d+ \d+\.\d+| - - -|)(?: [\w-]+|)[ \t\r]*$')
 _RX_REQ_ROW = re.compile(rb"\n" + _TS + rb" \d+ [A-Z][A-Z_]* (\S+) werkzeug: ?" + _REQ, re.M)
 # INFO-level messages worth classifying; everything at WARNING or above is always classified.
 # INFO/DEBUG messages worth classifying (failed logins, worker limits, lost database connections);
@@ -352,6 +369,17 @@ def _last_header(buf: bytes, end: int) -> int:
         p = buf.rfind(b"\n", 0, p)
         if p < 0 or match(buf, p + 1):
             return p
+
+
+def _split_record(text: bytes) -> tuple[bytes, ...]:
+    """``(ts, pid, level, db, logger, message, continuation)`` of a record's text (as _RX_RECORD splits it)."""
+    pid, level, db, rest = text[24:].split(b" ", 3)
+    colon = rest.index(b":")
+    nl = rest.find(b"\n", colon)
+    msg, cont = (rest[colon + 1:], b"") if nl < 0 else (rest[colon + 1:nl], rest[nl:])
+    if msg[:1] == b" ":
+        msg = msg[1:]
+    return text[:23], pid, level, db, rest[:colon], msg, cont
 
 
 def _keyword_hits(buf: bytes, end: int, start: int = 0) -> list[int]:
@@ -704,7 +732,148 @@ class LogAnalyzer:
             self.last_ts = last_ts
 
     def _scan_fast(self, buf: bytes, end: int) -> None:
-        """Vectorised path: a few C-level regex passes per block, Python only for rare records."""
+        """Vectorised path: a header pass and a request pass counted in C, Python only for rare records."""
+        mfirst = _RX_FIRST.search(buf, 0, end)
+        if mfirst is None:
+            self._gap(buf[:end])
+            return
+        start = mfirst.start()
+        # INFO/DEBUG records holding a keyword (rare) cut the header pass, so that every record comes in log order
+        extra: list[tuple[bytes, ...]] = []
+        cuts: list[int] = []
+        seen = -1
+        for hit in _keyword_hits(buf, end, start):
+            rec = _last_header(buf, hit + 1)
+            if rec != seen:
+                seen = rec
+                m = _RX_RECORD.match(buf, rec, end)
+                if m is not None and m.group(3) in _QUIET:
+                    extra.append(m.groups())
+                    cuts.append(rec)
+        found: list[bytes] = []
+        marks: list[int] = []  # where each keyword record comes, as a number of header-pass results before it
+        pos = start
+        for rec in cuts:
+            found += _RX_KEYS.findall(buf, pos, rec)
+            marks.append(len(found))
+            pos = rec
+        found += _RX_KEYS.findall(buf, pos, end)
+        keys: dict[bytes, int] = {}  # in order of first appearance, like the other paths
+        parsed: dict[bytes, tuple[bytes, ...]] = {}  # records at levels other than INFO/DEBUG
+        repeated = False
+        tb_lines = tb_records = 0
+        counts = Counter(found)
+        for text, n in counts.items():
+            if text[4:5] == b"-":
+                repeated = repeated or n > 1
+                row = parsed[text] = _split_record(text)
+                key = b" ".join(row[1:5])
+                if _TB in text:
+                    k = len(_RX_TB_LINE.findall(text))
+                    if k:
+                        tb_lines += k * n
+                        tb_records += n
+            else:
+                key = text
+            keys[key] = keys.get(key, 0) + n
+        if extra:
+            get = parsed.get
+            todo: list[tuple[bytes, ...]] = []
+            pos = 0
+            for mark, groups in zip(marks, extra, strict=True):
+                todo.extend(filter(None, map(get, found[pos:mark])))
+                todo.append(groups)
+                pos = mark
+            todo.extend(filter(None, map(get, found[pos:])))
+        elif repeated:
+            todo = list(filter(None, map(parsed.get, found)))
+        else:
+            todo = list(parsed.values())
+        del found, counts, parsed
+        wz = 0
+        for key, n in keys.items():
+            if key.endswith(b" werkzeug"):
+                wz += n
+        requests: dict[tuple[bytes, bytes], int] = {}
+        if wz != buf.count(_WZ, start, end):
+            # " werkzeug:" also outside werkzeug headers: the one-pass path reads requests in header context
+            self._scan_combined(buf, end)
+            return
+        if wz:
+            rest = _RX_REQ_REST.match
+            for text, n in Counter(_RX_WZ_REQ.findall(buf, start, end)).items():
+                m = rest(text)
+                if m is not None:
+                    req = m.groups()
+                    requests[req] = requests.get(req, 0) + n
+        if start > 0:
+            self._gap(buf[:start])
+        self._overflow = False
+        if self.first_ts is None:
+            self.first_ts = mfirst.group(1)
+        last = _last_header(buf, end)
+        self.last_ts = _RX_FIRST.match(buf, last).group(1)
+        levels, dbs, loggers, pids = self.levels, self.dbs, self.loggers, self.pids
+        count = 0
+        for key, n in keys.items():
+            pid, level, db, logger = key.split(b" ")
+            count += n
+            levels[level] = levels.get(level, 0) + n
+            dbs[db] = dbs.get(db, 0) + n
+            if pid in pids:
+                pids[pid] += n
+            elif len(pids) < MAX_PIDS:
+                pids[pid] = n
+            if logger in loggers:
+                loggers[logger] += n
+            elif len(loggers) < MAX_LOGGERS:
+                loggers[logger] = n
+        self.records += count
+        self._src_records += count
+        if requests:
+            self._requests_fast(requests, buf, start, end)
+        if buf.find(_TB, start, end) >= 0:
+            total = len(_RX_TB_LINE.findall(buf, start, end))
+            if total == tb_lines:  # all in the records above INFO/DEBUG, whose text is at hand
+                self.tracebacks += total
+                self.records_with_traceback += tb_records
+            else:
+                self._tracebacks_fast(buf, start, end)
+        self._classify_rows(todo)
+
+    def _tracebacks_fast(self, buf: bytes, start: int, end: int) -> None:
+        """Traceback lines of a block and the records holding them (rare: one Python step per traceback)."""
+        if buf.find(_TB, start, end) >= 0:
+            owners = set()
+            for m in _RX_TB_LINE.finditer(buf, start, end):
+                self.tracebacks += 1
+                owners.add(_last_header(buf, m.start() + 1))
+            self.records_with_traceback += len(owners)
+
+    def _classify_rows(self, todo: list[tuple[bytes, ...]]) -> None:
+        """Classify records in log order: those above INFO/DEBUG, and INFO/DEBUG ones holding a keyword."""
+        simple = self._simple
+        quiet = _QUIET
+        for row in todo:
+            ts, pid, level, db, logger, msg, cont = row
+            hit = None if cont or level in quiet else simple.get((level, logger, msg))
+            if hit is None:
+                self._classify(ts, pid, level, db, logger, msg, cont)
+                continue
+            # a repeated single-line record that only counts under its signature: no Python detour
+            entry, is_error = hit
+            entry["count"] += 1
+            entry["last"] = ts
+            edbs = entry["databases"]
+            if db not in edbs and len(edbs) < 5:
+                edbs.append(db)
+            if is_error:
+                self.errors_total += 1
+            else:
+                self.warnings_total += 1
+
+    def _scan_combined(self, buf: bytes, end: int) -> None:
+        """One-pass vectorised path (blocks where " werkzeug:" also appears outside werkzeug headers)."""
         mfirst = _RX_FIRST.search(buf, 0, end)
         if mfirst is None:
             self._gap(buf[:end])
