@@ -121,6 +121,43 @@ def test_one_source_mixing_every_fixture_gives_the_per_record_result_in_log_orde
         assert _run([log], chunk=chunk) == reference
 
 
+_W = b"2024-01-01 10:00:0%d,000 12 INFO db werkzeug: "
+AWKWARD = b"\n".join([
+    _W % 1 + b'1.2.3.4 - - [x] "GET /a b HTTP/1.1" 200 - 1 0.1 0.2',  # a path with a space
+    _W % 1 + b'1.2.3.4 - - [x] "GET /a HTTP/1.1" 200 x" HTTP/1.1" 404 - 1 0.1 0.2',  # a second " HTTP/ part
+    _W % 2 + b'1.2.3.4 - - [x] "GET /a HTTP/1.1" 200 - 1 0.1 0.2 extra junk',
+    _W % 2 + b' 1.2.3.4 - - [x] "GET /a HTTP/1.0" 304 - - - -',
+    _W % 3 + b'1.2.3.4 - - [x] "GET /a HTTP/1.0" 200 123',  # no timing fields (Odoo < 12)
+    _W % 3 + b'1.2.3.4 - - [x] "GET /a HTTP/1.0" 200 123 4 0.5 9.25 \r',
+    _W % 3 + b"Detected change, reloading",  # a werkzeug record that is not a request
+    b"2024-01-01 10:00:04,000 12 WARNING db werkzeug: " + b'1.2.3.4 - - [x] "POST /w HTTP/1.1" 500 - 9 3.5 4.5',
+    b"2024-01-01 10:00:05,000 12 INFO db odoo.x: Login failed for db:db login:a from 1.2.3.4",
+    b"2024-01-01 10:00:05,000 12 ERROR db odoo.x: same",
+    b"2024-01-01 10:00:05,000 12 ERROR db odoo.x: same",
+    b"2024-01-01 10:00:05,000 12 INFO db odoo.x: with tb\nTraceback (most recent call last):\n"
+    b'  File "a.py", line 1, in f\nValueError: x',
+    b"2024-01-01 10:00:05,000 12 IMPORTANT db odoo.x: custom level",
+    b"2024-01-01 10:00:05,000 12 INFO_X db odoo.x:custom level",
+    b"2024-01-01 10:00:05,000 12 ERROR db odoo.x: same\nTraceback (most recent call last):\n"
+    b'  File "a.py", line 1, in f\nValueError: x\r',
+]) + b"\n"
+# " werkzeug:" inside another logger's message: the fast path must notice and fall back
+TRICKY = b'2024-01-01 10:00:06,000 12 ERROR db odoo.x: boom werkzeug: 1.2.3.4 - - [x] "GET / HTTP/1.1" 200 - 1 0.1 0.2\n'
+
+
+@pytest.mark.parametrize("mix", ["awkward-after", "awkward-before", "tricky", "repeated"])
+def test_awkward_lines_give_the_per_record_result(tmp_path, mix):
+    base = SAMPLE.read_bytes() + (FIXTURES / "14-odoo17-login-failed-http500.log").read_bytes()
+    data = {"awkward-after": base + AWKWARD, "awkward-before": AWKWARD + base, "tricky": TRICKY + AWKWARD + base,
+            "repeated": (base + AWKWARD) * 5}[mix]
+    log = tmp_path / "awkward.log"
+    log.write_bytes(data)
+    reference = _run([log], fast=False)
+    assert reference["requests"]["total"] > 0 and reference["levels"]["ERROR"] > 0
+    for chunk in (None, 7, 1000, 65536):
+        assert _run([log], chunk=chunk) == reference
+
+
 def test_gzip_stdin_stream_and_lines_sources_give_the_same_figures(tmp_path):
     log = FIXTURES / "14-odoo17-login-failed-http500.log"
     plain = analyze_sources([str(log)])
