@@ -90,8 +90,14 @@ def run() -> int:
 
 
 def serve(port: int = 4200) -> int:
+    import signal
+
     from odoops import devserver
 
+    def _stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # `kill` and service managers stop it as cleanly as Ctrl-C
     cluster = up()
     local = None
     try:
