@@ -4,7 +4,7 @@ Why: anonymization runs on every production-to-staging restore; it must cost abo
 needs anyway to rewrite the table. The goal is partner anonymization <= 2 x
 ``UPDATE res_partner SET name = md5(name), email = md5(email), phone = md5(phone)``, both measured in
 the same run on copies (CREATE DATABASE ... TEMPLATE) of one big database built by
-/work/shared/bench/make-big-odoo-db.sh.
+shared/bench/make-big-odoo-db.sh (beside the checkout).
 
 Usage: .venv/bin/python bench/bench_anonymize.py [--files 200] [--no-full]
 Starts its own throwaway cluster (odoops.sandbox), prints the figures, removes the cluster.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from odoops.sandbox import start_cluster  # noqa: E402
 from tasks.anonymize import ResidueFound, anonymize, load_rules  # noqa: E402
 
-MAKE_DB = Path("/work/shared/bench/make-big-odoo-db.sh")
+MAKE_DB = Path(__file__).resolve().parent.parent.parent / "shared" / "bench" / "make-big-odoo-db.sh"
 KEY = "bench-key-not-a-secret"
 
 
