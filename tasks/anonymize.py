@@ -854,6 +854,19 @@ def _sample(conn: psycopg.Connection, plan: _Plan, n: int) -> set[str]:
     return _prepare_needles(raw)
 
 
+def _anchors(needles: Iterable[str]) -> dict[str, str]:
+    """Each needle's anchor: the word it is looked up by, preferably inside it (a whole word in any text
+    containing the needle), long, not only digits (numbers are everywhere), and rare among the needles."""
+    needles = list(needles)
+    freq = Counter(t for n in needles for t in set(_tokens(n)))
+    out = {}
+    for n in needles:
+        toks = _tokens(n)
+        inner = toks[1:-1] or toks
+        out[n] = min(inner, key=lambda t: (len(t) < 4, t.isdigit(), freq[t], -len(t)))
+    return out
+
+
 def _kept_text(conn: psycopg.Connection, plan: _Plan) -> str:
     """Text of the values the rules deliberately keep (kept rows, rows outside only_rows), lower-cased.
 
@@ -882,14 +895,11 @@ def _kept_text(conn: psycopg.Connection, plan: _Plan) -> str:
 
 def _load_needles(conn: psycopg.Connection, needles: set[str], table: str = "odoops_needles") -> None:
     """A temporary table of needles, each with the anchor token it is looked up by (its rarest word)."""
-    freq = Counter(t for n in needles for t in set(_tokens(n)))
+    anchors = _anchors(needles)
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_id(table)))
     conn.execute(sql.SQL("CREATE TEMP TABLE {} (needle text NOT NULL, anchor text NOT NULL)").format(_id(table)))
     with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} (needle, anchor) FROM STDIN").format(_id(table))) as cp:
-        for n in needles:
-            toks = _tokens(n)
-            inner = toks[1:-1] or toks
-            anchor = min(inner, key=lambda t: (freq[t], -len(t)))
+        for n, anchor in anchors.items():
             cp.write_row((n, anchor))
     conn.execute(sql.SQL("CREATE INDEX ON {} (anchor)").format(_id(table)))
     conn.execute(sql.SQL("ANALYZE {}").format(_id(table)))
@@ -918,20 +928,33 @@ def scan_database(conn: psycopg.Connection, needles_table: str = "odoops_needles
     """(table, column, rows) where any needle occurs, over every text/varchar/jsonb column.
 
     Per table, each row's text columns are tokenized once (concatenated) and the tokens hash-joined
-    with the needles' anchors; only rows that really contain a needle (strpos) come back, and only those
-    are attributed to their columns in a second, tiny query.
+    with the needles' anchors; each distinct (row, needle) candidate is then confirmed with strpos on
+    that row (fetched by ctid). Only rows that really contain a needle come back, and only those are
+    attributed to their columns in a second, tiny query.
     """
     hits: list[tuple[str, str, int]] = []
     wanted = set(tables) if tables is not None else None
+    conn.execute("SET jit = off")  # ~130 short queries: compiling each costs more than it saves
+    try:
+        _scan_tables(conn, needles_table, wanted, hits)
+    finally:
+        conn.execute("RESET jit")
+    return hits
+
+
+def _scan_tables(conn: psycopg.Connection, needles_table: str, wanted: set[str] | None,
+                 hits: list[tuple[str, str, int]]) -> None:
     for table, cols in _text_tables(conn):
         if wanted is not None and table not in wanted:
             continue
         texts = [_text_of(c, typ) for c, typ in cols]
         rows = conn.execute(sql.SQL(
-            "SELECT DISTINCT t.ctid FROM {tbl} t "
-            "CROSS JOIN LATERAL (SELECT lower(concat_ws(chr(10), {texts})) AS txt) x "
-            "CROSS JOIN LATERAL (SELECT DISTINCT w FROM unnest(regexp_split_to_array(x.txt, '[^0-9a-z]+')) w) ws "
-            "JOIN {nd} n ON n.anchor = ws.w WHERE strpos(x.txt, n.needle) > 0"
+            "SELECT DISTINCT c.ctid FROM ("
+            " SELECT DISTINCT s.ctid, n.needle FROM (SELECT t.ctid, w FROM {tbl} t CROSS JOIN LATERAL"
+            "  unnest(regexp_split_to_array(lower(concat_ws(chr(10), {texts})), '[^0-9a-z]+')) w OFFSET 0) s"
+            " JOIN {nd} n ON n.anchor = s.w) c "
+            "WHERE EXISTS (SELECT 1 FROM {tbl} t WHERE t.ctid = c.ctid "
+            " AND strpos(lower(concat_ws(chr(10), {texts})), c.needle) > 0)"
         ).format(tbl=_id(table), texts=sql.SQL(", ").join(texts), nd=_id(needles_table))).fetchall()
         if not rows:
             continue
@@ -944,7 +967,6 @@ def scan_database(conn: psycopg.Connection, needles_table: str = "odoops_needles
         ).format(tbl=_id(table), texts=sql.SQL(", ").join(texts), nd=_id(needles_table))
         for colno, count in conn.execute(q, ([r[0] for r in rows],)):
             hits.append((table, cols[colno - 1][0], count))
-    return hits
 
 
 # Records that installed modules define (views, e-mail templates, menus, ...): Odoo's own source text.
@@ -979,11 +1001,8 @@ def _public_needles(conn: psycopg.Connection, needles_table: str) -> set[str]:
 
 def _scan_files(paths: Iterable[Path], needles: set[str]) -> list[tuple[str, str, int]]:
     by_anchor: dict[str, list[str]] = {}
-    freq = Counter(t for n in needles for t in set(_tokens(n)))
-    for n in needles:
-        toks = _tokens(n)
-        inner = toks[1:-1] or toks
-        by_anchor.setdefault(min(inner, key=lambda t: (freq[t], -len(t))), []).append(n)
+    for n, anchor in _anchors(needles).items():
+        by_anchor.setdefault(anchor, []).append(n)
     hits = []
     for path in paths:
         try:
