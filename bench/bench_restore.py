@@ -266,9 +266,9 @@ def instrument() -> Spans:
     for name in ("prepare_scratch", "swap_in", "expire_snapshots", "discard_scratch"):
         spans.wrap(swap, name)
     # below load_database / load_filestore / verify_restored (looked up in these modules' globals)
-    for name in ("check_zip", "load_custom_dump", "load_plain_sql_from_zip", "extract_filestore"):
+    for name in ("check_zip", "load_plain_sql_from_zip", "extract_filestore"):
         spans.wrap(odoo_archive, name)
-    for name in ("materialize", "table_row_counts", "installed_modules", "attachment_files", "check_attachments"):
+    for name in ("restore_dump", "materialize", "table_row_counts", "installed_modules", "attachment_files", "check_attachments"):
         spans.wrap(steps, name)
     for name in ("neutralize", "verify_neutralized", "refresh_copy_identity"):
         spans.wrap(odoo, name)
@@ -276,7 +276,7 @@ def instrument() -> Spans:
 
 
 PHASES = ("check_zip", "confirm_production", "target_major_version", "prepare_scratch", "load_database",
-          "load_custom_dump", "load_plain_sql_from_zip", "load_filestore", "materialize", "extract_filestore",
+          "restore_dump", "load_plain_sql_from_zip", "load_filestore", "materialize", "extract_filestore",
           "verify_restored", "table_row_counts", "installed_modules", "attachment_files", "check_attachments",
           "make_it_a_copy", "neutralize", "verify_neutralized", "refresh_copy_identity", "swap_in",
           "expire_snapshots", "post_checks", "create_table_artifact", "create_markdown_artifact", "record_run",
@@ -336,7 +336,7 @@ def _s(x: float | None) -> str:
 
 def phases_line(r: dict[str, Any]) -> str:
     p = r["phases"]
-    load_part = p["load_custom_dump"] or p["load_plain_sql_from_zip"]
+    load_part = p["restore_dump"] or p["load_plain_sql_from_zip"]
     fs_part = p["materialize"] or p["extract_filestore"]
     parts = [f"before steps {r['before_steps']:.1f}", f"slot+open {r['slot_and_open']:.1f}"
              + (f" (check_zip {p['check_zip']['seconds']:.1f})" if p["check_zip"] else "")]

@@ -23,6 +23,7 @@ from odoops.errors import ConfigError, IntegrityError, RefusedError
 from odoops.platforms import platform_for
 from odoops.runtime import environment_slot, progress, record_run, resolve
 from tasks import restore as swap
+from tasks.postgres import database_exists
 from tasks.restore_steps import (
     confirm_production,
     load_database,
@@ -66,7 +67,7 @@ def restore_flow(source: str, environment: str, neutralize: bool | None = None, 
             if major and src.major_version and major != src.major_version and not allow_version_change:
                 raise RefusedError(f"{src.description} is Odoo {src.major_version} but {env.name} runs Odoo {major}: "
                                    "restore it where that version runs, or pass --allow-version-change to upgrade after")
-            if env.is_production and swap.database_exists(target, target.dbname):
+            if env.is_production and database_exists(target, target.dbname):
                 from flows.backup import backup_flow
                 from flows.verify import verify_flow
 

@@ -21,7 +21,7 @@ from odoops.runtime import progress, record_run, repository_for
 from tasks.drill import drill_backup
 
 
-def _locate(inventory, backup_id: str):
+def locate_backup(inventory, backup_id: str):
     """The environment and repository holding ``backup_id`` (ids start with the environment's name)."""
     from odoops.errors import BackupNotFound
 
@@ -49,7 +49,7 @@ def drill(repo, backup_id: str, server) -> Any:
 def verify_flow(backup_id: str, inventory: str | None = None) -> dict[str, Any]:
     """Re-read every part and object of BACKUP_ID and check their sha256."""
     inv = load_inventory(inventory)
-    env, repo = _locate(inv, backup_id)
+    env, repo = locate_backup(inv, backup_id)
     problems = verify_parts(repo, backup_id)
     repo.record_verification(backup_id, "verify", not problems, {"problems": problems[:100]})
     create_markdown_artifact(f"## Verify {backup_id}\n\n" + ("**intact**: every part and object matches its sha256"
@@ -67,7 +67,7 @@ def verify_flow(backup_id: str, inventory: str | None = None) -> dict[str, Any]:
 def drill_flow(backup_id: str, inventory: str | None = None) -> dict[str, Any]:
     """Restore BACKUP_ID into a scratch database and filestore, check it against its manifest, drop it."""
     inv = load_inventory(inventory)
-    env, repo = _locate(inv, backup_id)
+    env, repo = locate_backup(inv, backup_id)
     with platform_for(env) as platform, platform.database() as conninfo:
         report = drill(repo, backup_id, conninfo)
     details = {"tables": report.tables, "rows": report.rows, "files": report.files,

@@ -243,11 +243,11 @@ def backups_export(backup_id: str, output: Annotated[Path, typer.Option("-o", "-
     if output.exists():
         fail(f"{output} already exists: choose another --output or remove it first")
     with operator_errors(), rich_progress():
-        from flows.verify import _locate
+        from flows.verify import locate_backup
         from odoops.runtime import progress
 
         inv = load_inventory(inventory)
-        _env, repo = _locate(inv, backup_id)
+        _env, repo = locate_backup(inv, backup_id)
         tmp = output.with_name(f".{output.name}.part")
         try:
             with open(tmp, "wb") as out:
@@ -293,10 +293,10 @@ def backups_pin(backup_id: str, unpin: Annotated[bool, typer.Option("--unpin", h
     from odoops.runtime import record_run
 
     with operator_errors():
-        from flows.verify import _locate
+        from flows.verify import locate_backup
 
         inv = load_inventory(inventory)
-        env, repo = _locate(inv, backup_id)
+        env, repo = locate_backup(inv, backup_id)
         repo.pin(backup_id, _who(), pinned=not unpin)
         record_run(inv, "unpin" if unpin else "pin", env, {"backup_id": backup_id}, "success", [backup_id])
     console.print(f"{backup_id} {'unpinned' if unpin else 'pinned'}")

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from odoops.errors import ConfigError, DiskFull, OdoopsError, UnsafeArchive, tool_error_line
-from tasks.postgres import ConnInfo, run_tool, tool_failure
+from tasks.postgres import ConnInfo, tool_failure
 from tasks.storage import CHUNK
 
 CUSTOM_DUMP_MAGIC = b"PGDMP"
@@ -164,11 +164,6 @@ def load_plain_sql_from_zip(zf: zipfile.ZipFile, conninfo: ConnInfo,
     drain.join()
     if code != 0:
         raise tool_failure("psql", b"".join(errors))
-
-
-def load_custom_dump(path: Path, conninfo: ConnInfo, jobs: int = 2) -> None:
-    run_tool(["pg_restore", "--no-owner", "--exit-on-error", f"--jobs={jobs}", "--dbname", conninfo.dbname,
-              str(path)], conninfo)
 
 
 def extract_filestore(zf: zipfile.ZipFile, target: Path, progress: Callable[[int], None] | None = None) -> dict[str, str]:

@@ -54,11 +54,6 @@ def _set_comment(conn, dbname: str, data: dict[str, Any] | None) -> None:
     conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(dbname), sql.Literal(value)))
 
 
-def database_exists(server: ConnInfo, dbname: str) -> bool:
-    with connect(server.with_dbname("postgres")) as conn:
-        return _comment(conn, dbname) is not None
-
-
 def _terminate(conn, dbname: str) -> None:
     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
                  "pg_backend_pid()", (dbname,))

@@ -17,7 +17,15 @@ from odoops.inventory import Environment, Inventory
 from tasks import odoo_archive
 from tasks.filestore import check_attachments, materialize
 from tasks.odoo_archive import RestoreSource
-from tasks.postgres import ConnInfo, attachment_files, connect, installed_modules, table_row_counts
+from tasks.postgres import (
+    ConnInfo,
+    attachment_files,
+    connect,
+    database_exists,
+    installed_modules,
+    restore_dump,
+    table_row_counts,
+)
 
 Progress = Callable[[int], None] | None
 
@@ -88,8 +96,6 @@ def source_environment(source: RestoreSource) -> str | None:
 
 def target_major_version(target: ConnInfo) -> str | None:
     """The Odoo version the target runs today (its base module), or None when it has no database yet."""
-    from tasks.restore import database_exists
-
     if not database_exists(target, target.dbname):
         return None
     with connect(target) as conn:
@@ -102,9 +108,9 @@ def target_major_version(target: ConnInfo) -> str | None:
 def load_database(source: RestoreSource, conninfo: ConnInfo, progress: Progress = None) -> None:
     if source.kind == "catalog":
         with source.repo.dump_file(source.backup_id) as dump:  # type: ignore[attr-defined]
-            odoo_archive.load_custom_dump(dump, conninfo)
+            restore_dump(conninfo, str(dump))
     elif source.kind == "dump":
-        odoo_archive.load_custom_dump(source.local_path, conninfo)
+        restore_dump(conninfo, str(source.local_path))
     else:
         with zipfile.ZipFile(source.local_path) as zf:
             odoo_archive.load_plain_sql_from_zip(zf, conninfo, progress)
