@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import posixpath
+import select
 import shlex
 import socket
 import stat
@@ -382,7 +383,6 @@ class _Forwarder:
         self.listener.settimeout(0.5)
         self.port: int = self.listener.getsockname()[1]
         self.lock = threading.Lock()
-        self.pairs: list[tuple[socket.socket, paramiko.Channel]] = []
         self.threads: list[threading.Thread] = []
         self.acceptor = threading.Thread(target=self._accept, name=f"ssh-forward-{self.port}", daemon=True)
         self.acceptor.start()
@@ -409,12 +409,18 @@ class _Forwarder:
                     conn.close()
                     chan.close()
                     return
-                self.pairs.append((conn, chan))
-                for fn, way in ((self._sock_to_chan, "up"), (self._chan_to_sock, "down")):
-                    thread = threading.Thread(target=fn, args=(conn, chan), name=f"ssh-forward-{self.port}-{way}",
-                                              daemon=True)
-                    self.threads.append(thread)
-                    thread.start()
+                upstream = threading.Thread(target=self._sock_to_chan, args=(conn, chan),
+                                            name=f"ssh-forward-{self.port}-up", daemon=True)
+                downstream = threading.Thread(target=self._chan_to_sock, args=(conn, chan, upstream),
+                                              name=f"ssh-forward-{self.port}-down", daemon=True)
+                self.threads += [upstream, downstream]
+                upstream.start()
+                downstream.start()
+
+    # Paramiko checks ``closed`` under the channel lock but sends outside it, so a ``close()`` in one
+    # thread can overtake a ``sendall()`` in another; the data then reaches a channel the server has
+    # already freed and OpenSSH drops the whole connection ("data packet referred to nonexistent
+    # channel"). So each pair's channel is closed by its downstream thread only, after upstream ended.
 
     @staticmethod
     def _sock_to_chan(conn: socket.socket, chan: paramiko.Channel) -> None:
@@ -423,18 +429,25 @@ class _Forwarder:
                 chan.sendall(data)
             chan.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException):
-            conn.close()
-            chan.close()
+            pass
 
-    @staticmethod
-    def _chan_to_sock(conn: socket.socket, chan: paramiko.Channel) -> None:
+    def _chan_to_sock(self, conn: socket.socket, chan: paramiko.Channel, upstream: threading.Thread) -> None:
         try:
-            while data := chan.recv(CHUNK):
+            while not self.stopping.is_set():
+                readable, _, _ = select.select([chan], [], [], 0.5)  # wakes for close() on a silent server
+                if not readable:
+                    continue
+                if not (data := chan.recv(CHUNK)):
+                    break
                 conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
         except (OSError, EOFError, paramiko.SSHException):
             pass
-        # The server side ended: nothing more can come through this pair.
+        # The server side ended (or we are stopping): nothing more can come through this pair.
+        try:
+            conn.shutdown(socket.SHUT_RDWR)  # wakes the upstream thread's recv()
+        except OSError:
+            pass
+        upstream.join(timeout=5)  # only a server that stopped reading keeps it longer
         chan.close()
         conn.close()
 
@@ -450,16 +463,9 @@ class _Forwarder:
             pass
         self.acceptor.join(timeout=2)
         with self.lock:
-            pairs, threads = list(self.pairs), list(self.threads)
-        for conn, chan in pairs:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-            chan.close()
+            threads = list(self.threads)
         for thread in threads:
-            thread.join(timeout=2)
+            thread.join(timeout=5)
 
 
 def session_for(ssh: SSH, timeout: float = 10) -> SSHSession:

@@ -215,6 +215,17 @@ def test_forward_reaches_loopback_postgres(session, pg_cluster):
             conn.execute("SELECT 1")
 
 
+def test_tunnel_connections_opening_and_closing_never_drop_the_session(session, pg_cluster):
+    """Closing a channel while its other direction still sends made OpenSSH drop the whole connection."""
+    for _ in range(60):
+        with session.forward("127.0.0.1", pg_cluster.port) as local_port:
+            conninfo = ConnInfo.from_dsn(f"postgresql://postgres@127.0.0.1:{local_port}/postgres")
+            with connect(conninfo) as first, connect(conninfo) as second:
+                first.execute("SELECT 1")
+                second.execute("SELECT repeat('x', 200000)").fetchone()
+    assert session.run(["echo", "alive"]).stdout == b"alive\n"
+
+
 def test_forward_to_closed_port_fails_at_once(session):
     port = free_port()
     with pytest.raises(ConnectionFailed, match=f"cannot reach 127.0.0.1:{port}"):
