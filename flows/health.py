@@ -19,8 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from odoops.errors import OdoopsError
 from odoops.inventory import Environment, load_inventory
 from odoops.platforms import platform_for
+from odoops.runtime import record_run
 from tasks import health
-from tasks.health import audit_run
 
 STATUS_ICON = {"ok": "✅", "warn": "⚠️", "critical": "❌", "skipped": "➖"}
 
@@ -114,8 +114,8 @@ def health_flow(environment: str, inventory: str | None = None) -> dict[str, Any
     report = health.HealthReport(environment=env.name, checks=checks)
     publish_task(report)
     problems = report.problems()
-    audit_run(inv, env, "health", {"environment": environment}, report.status,
-              {"problems": [{"check": c.name, "status": c.status, "detail": c.detail} for c in problems]})
+    record_run(inv, "health", env, {"environment": environment}, report.status,
+               details={"problems": [{"check": c.name, "status": c.status, "detail": c.detail} for c in problems]})
     for check in problems:
         (logger.error if check.status == "critical" else logger.warning)("%s %s: %s", check.name, check.status,
                                                                           check.detail)

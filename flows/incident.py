@@ -25,8 +25,8 @@ from flows.health import artifact_key
 from odoops.errors import ConfigError, OdoopsError, RefusedError
 from odoops.inventory import Environment, Inventory, load_inventory
 from odoops.platforms import platform_for
+from odoops.runtime import record_run
 from tasks import health
-from tasks.health import audit_run
 
 Action = Literal["terminate-idle", "vacuum", "slow-log", "restart"]
 ACTIONS: tuple[str, ...] = ("terminate-idle", "vacuum", "slow-log", "restart")
@@ -81,7 +81,7 @@ def gate(inv: Inventory, env: Environment, action: str, apply: bool, confirm: st
     try:
         require_confirmation(env, action, apply, confirm)
     except RefusedError as exc:
-        audit_run(inv, env, "incident", parameters, "refused", {"error": str(exc)})
+        record_run(inv, "incident", env, parameters, "refused", details={"error": str(exc)})
         raise
     return parameters
 
@@ -93,10 +93,10 @@ def run_incident(inv: Inventory, env: Environment, action: str, apply: bool, con
     try:
         result = (runner or (lambda e, a, ap, o: run_action(e, a, ap, **o)))(env, action, apply, options)
     except OdoopsError as exc:
-        audit_run(inv, env, "incident", parameters, "failed", {"error": str(exc)})
+        record_run(inv, "incident", env, parameters, "failed", details={"error": str(exc)})
         raise
-    audit_run(inv, env, "incident", parameters, "applied" if apply else "dry-run",
-              {"actions": result.actions, "detail": result.detail})
+    record_run(inv, "incident", env, parameters, "applied" if apply else "dry-run",
+               details={"actions": result.actions, "detail": result.detail})
     return result
 
 

@@ -13,6 +13,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from odoops.errors import ConfigError
+from odoops.inventory import load_inventory
+from odoops.runtime import record_run
 from tasks.logs import (
     AnalysisOptions,
     LogGateFailed,
@@ -76,6 +79,21 @@ def publish_artifacts(summary: dict[str, Any]) -> None:
     create_markdown_artifact(markdown=_markdown(summary), key="logs-summary", description="Log analysis summary")
 
 
+def _audit(inventory: str | None, sources: list[str], parameters: dict[str, Any], outcome: str,
+           details: dict[str, Any]) -> None:
+    """One record per environment read (``env:NAME``), else one without environment; none without inventory."""
+    try:
+        inv = load_inventory(inventory)
+    except ConfigError as exc:
+        if any(source.startswith("env:") for source in sources):
+            raise
+        get_run_logger().info("no audit record for this analysis of files: %s", exc)
+        return
+    envs = [inv.environment(source[4:]) for source in sources if source.startswith("env:")]
+    for env in envs or [None]:
+        record_run(inv, "logs", env, parameters, outcome, details=details)
+
+
 @flow(name="logs")
 def logs_flow(sources: list[str], since: str | None = None, fail_on: str | None = None,
               ignore: list[str] | None = None, slow_threshold: float = 2.0, top: int = 10,
@@ -93,6 +111,9 @@ def logs_flow(sources: list[str], since: str | None = None, fail_on: str | None 
                 lv["CRITICAL"], summary["tracebacks"])
     if summary.get("format_warning"):
         logger.warning("%s", summary["format_warning"])
+    outcome = "gate failed" if gate_failed(summary) else "success"
+    _audit(inventory, sources, {"sources": sources, "since": since, "fail_on": fail_on, "ignore": ignore}, outcome,
+           {"records": summary["records"], "levels": lv, "tracebacks": summary["tracebacks"]})
     if gate_failed(summary):
         gate = summary["gate"]
         raise LogGateFailed(f"log gate: {gate['matched']} {gate['fail_on']}-or-worse records remain after ignores "

@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from odoops.errors import ConfigError, OdoopsError, ToolFailed
-from odoops.inventory import Environment, Inventory
+from odoops.inventory import Environment
 from odoops.platforms.base import Platform
 from odoops.redact import redact_text
 from tasks.postgres import ConnInfo, connect
@@ -783,13 +783,3 @@ def iter_table_rows(report: HealthReport) -> Iterator[dict[str, str]]:
     """Rows of the summary table (CLI and Prefect table artifact)."""
     for c in report.checks:
         yield {"check": c.name, "status": c.status, "value": format_value(c.value, c.name), "detail": c.detail}
-
-
-def audit_run(inventory: Inventory, env: Environment, runbook: str, parameters: dict[str, Any], outcome: str,
-              details: dict[str, Any] | None = None) -> str:
-    """THE audit call site of the health and incident runbooks: one record in the env's backup storage."""
-    from odoops.audit import append_audit, make_record
-    from tasks.storage import open_store
-
-    store = open_store(inventory.storage(env.backup.storage))
-    return append_audit(store, make_record(runbook, env.name, parameters, outcome, details=details))

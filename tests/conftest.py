@@ -4,9 +4,7 @@ Prefect's test harness (one per session), and the plugins in tests/services_*.py
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="odoops-prefect-home-")
@@ -17,6 +15,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 import pytest  # noqa: E402
 
 from odoops.sandbox import SAMPLE_ZIP, Cluster, load_sample_database, start_cluster  # noqa: E402
+from tests.helpers import copy_sample, drop_database  # noqa: E402
 
 pytest_plugins = ["tests.services_ssh", "tests.services_s3"]
 
@@ -43,18 +42,9 @@ def sample_template(pg_cluster, tmp_path_factory) -> tuple[str, Path]:
 @pytest.fixture
 def odoo_db(pg_cluster, sample_template, tmp_path) -> tuple[str, Path]:
     """A fresh copy of the sample database and its filestore: (dbname, filestore folder)."""
-    import psycopg
-    from psycopg import sql
-
-    template, template_fs = sample_template
-    dbname = f"acme_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(dbname), sql.Identifier(template)))
-    filestore = tmp_path / "data" / "filestore" / dbname
-    shutil.copytree(template_fs, filestore)
+    dbname, filestore = copy_sample(pg_cluster, sample_template, tmp_path)
     yield dbname, filestore
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    drop_database(pg_cluster, dbname)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
 
 import yaml
@@ -19,3 +21,25 @@ def host_env(cluster, dbname: str, filestore: Path, stage: str = "production", *
            "backup": {"storage": "local"}}
     env.update(extra)
     return env
+
+
+def copy_sample(cluster, sample_template: tuple[str, Path], folder: Path) -> tuple[str, Path]:
+    """A fresh copy of the sample database and its filestore under ``folder``: (dbname, filestore folder)."""
+    import psycopg
+    from psycopg import sql
+
+    template, template_fs = sample_template
+    dbname = f"acme_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(dbname), sql.Identifier(template)))
+    filestore = folder / "data" / "filestore" / dbname
+    shutil.copytree(template_fs, filestore)
+    return dbname, filestore
+
+
+def drop_database(cluster, dbname: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))

@@ -471,7 +471,7 @@ def test_follow_stops_after_max_seconds_and_refuses_stdin(tmp_path):
         follow(str(tmp_path / "missing.log"), max_seconds=0.1)
 
 
-def test_logs_flow_publishes_artifacts_and_fails_on_the_gate(prefect_harness):
+def test_logs_flow_publishes_artifacts_and_fails_on_the_gate(prefect_harness, tmp_path):
     from prefect.client.orchestration import get_client
 
     from flows.logs import logs_flow
@@ -492,3 +492,19 @@ def test_logs_flow_publishes_artifacts_and_fails_on_the_gate(prefect_harness):
     with pytest.raises(LogGateFailed, match="5 ERROR-or-worse records remain"):
         logs_flow([log], fail_on="error")
     assert logs_flow([log], fail_on="error", ignore=["invalid manifest"])["gate"]["failed"] is False
+
+    from odoops.audit import read_audit
+    from odoops.inventory import load_inventory
+    from odoops.runtime import audit_repository
+    from tests.helpers import write_inventory
+
+    inventory = write_inventory(tmp_path / "environments.yaml", {"production": {
+        "stage": "production", "platform": "host", "database": {"dsn": "postgresql://odoo@127.0.0.1:1/acme"},
+        "filestore": str(tmp_path / "filestore"), "backup": {"storage": "local"}, "logs": [log]}})
+    with pytest.raises(LogGateFailed):
+        logs_flow(["env:production"], fail_on="error", inventory=str(inventory))
+    logs_flow([log], inventory=str(inventory))
+    records = read_audit(audit_repository(load_inventory(inventory)).store)
+    assert [(r["runbook"], r["environment"], r["outcome"]) for r in records] == [
+        ("logs", "production", "gate failed"), ("logs", None, "success")]
+    assert records[0]["details"]["levels"]["ERROR"] == 5
