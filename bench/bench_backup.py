@@ -323,8 +323,8 @@ def instrument() -> Spans:
     from tasks.archive import Repository
 
     spans = Spans()
-    for name in ("read_facts", "dump_to_repository", "store_environment_filestore", "previous_index",
-                 "store_filestore", "store_config", "build_manifest"):
+    for name in ("read_facts", "apart_tables", "dump_database_parts", "dump_to_repository",
+                 "store_environment_filestore", "previous_index", "store_filestore", "store_config", "build_manifest"):
         spans.wrap(steps, name)
     for name in ("known_objects", "write_index", "commit"):
         spans.wrap(Repository, name)
@@ -342,13 +342,13 @@ def timed_backup(spans: Spans, inventory: Path) -> dict[str, Any]:
     result = backup_flow(ENV, inventory=str(inventory))
     wall = time.monotonic() - origin
     parts = {name: spans.span(name, origin) for name in (
-        "read_facts", "dump_to_repository", "store_environment_filestore", "known_objects",
-        "previous_index", "store_filestore", "write_index", "commit")}
-    dump, files = parts["dump_to_repository"], parts["store_environment_filestore"]
+        "read_facts", "apart_tables", "dump_database_parts", "dump_to_repository", "store_environment_filestore",
+        "known_objects", "previous_index", "store_filestore", "write_index", "commit")}
+    dump, files = parts["dump_database_parts"], parts["store_environment_filestore"]
     overlap = max(0.0, min(dump["end"], files["end"]) - max(dump["start"], files["start"]))
     steps_total = parts["commit"]["end"] - parts["read_facts"]["start"]
     return {"seconds": wall, "load": [load_before, load()], "backup_id": result["backup_id"],
-            "size": result["size"], "steps": parts, "dump_filestore_overlap": round(overlap, 3),
+            "size": result["size"], "tables_reused": result["tables_reused"], "steps": parts, "dump_filestore_overlap": round(overlap, 3),
             "outside_steps": round(wall - steps_total, 3),
             # flow start -> first step: flow run creation, repository, locks, concurrency slot
             "before_steps": parts["read_facts"]["start"],
@@ -531,8 +531,11 @@ def table(r: dict[str, Any]) -> str:
     ]
     for name, run in (("first", first), ("second", second), ("unchanged", third)):
         s = run["steps"]
-        rows.append((f"  {name}: dump | filestore task", f"{s['dump_to_repository']['seconds']:.1f} | "
+        reused = run.get("tables_reused", [])
+        rows.append((f"  {name}: dump | filestore task", f"{s['dump_database_parts']['seconds']:.1f} | "
                      f"{s['store_environment_filestore']['seconds']:.1f} s",
+                     f"tables reused {len(reused)} ({', '.join(reused) or '-'}); fingerprints "
+                     f"{(s.get('apart_tables') or {}).get('seconds', 0):.1f} s; "
                      f"overlap {run['dump_filestore_overlap']:.1f} s; flow start to read_facts "
                      f"{run['before_steps']:.1f} s, read_facts {s['read_facts']['seconds']:.1f} s, commit task waits "
                      f"{run['commit_wait']:.1f} s, after the manifest {run['after_commit']:.1f} s"))

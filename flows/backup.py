@@ -2,7 +2,8 @@
 
 1. Resolve the environment and its backup storage; take the environment's slot (one run at a time).
 2. Open a consistent snapshot of the database and read its facts (modules, row counts, attachments).
-3. Side by side: pg_dump of that snapshot into the repository, and the filestore's new files.
+3. Side by side: the filestore's new files, and pg_dump of that snapshot into the repository — the big
+   tables apart, each linked from the previous backup instead of dumped when its fingerprint is unchanged.
 4. The configuration file (secrets masked), the filestore index, then the manifest: the commit point.
 5. Publish the summary artifacts and append the audit record — also when the run fails.
 """
@@ -24,8 +25,9 @@ from tasks.archive import new_backup_id, now_utc
 
 
 @task(cache_policy=NO_CACHE)
-def dump_database(conninfo, repo, backup_id: str, snapshot_id: str) -> dict[str, Any]:
-    return steps.dump_to_repository(conninfo, repo, backup_id, snapshot_id, progress=progress("database dump"))
+def dump_database(conninfo, repo, backup_id: str, snapshot_id: str, apart, previous):
+    return steps.dump_database_parts(conninfo, repo, backup_id, snapshot_id, apart, previous,
+                                     progress=progress("database dump"))
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3,
@@ -50,11 +52,14 @@ def _publish(manifest: dict[str, Any], storage: str) -> None:
                  "sha256": f"{files['new_objects']} new objects, {files['new_bytes']} new bytes"})
     create_table_artifact(rows, key="backup-parts", description=f"Parts of backup {meta['backup_id']}")
     missing = meta["missing_files"]
+    apart = meta["database"].get("apart", [])
     create_markdown_artifact(
         f"## Backup {meta['backup_id']}\n\n"
         f"- environment **{meta['environment']}** ({meta['stage']}), kind **{meta['kind']}**, storage `{storage}`\n"
         f"- database `{manifest['db_name']}`: Odoo {manifest['version']}, {len(manifest['modules'])} modules, "
         f"{meta['database']['tables']} tables\n"
+        f"- tables dumped apart: {len(apart)}, reused unchanged from the previous backup: "
+        f"{sum(1 for t in apart if t['reused_from'])}\n"
         f"- filestore: {files['files']} files, {files['bytes']:,} bytes ({files['new_bytes']:,} new)\n"
         f"- attachments whose file is missing: **{len(missing)}**"
         + ("".join(f"\n  - `{m}`" for m in missing[:20]) if missing else "") + "\n",
@@ -80,9 +85,11 @@ def backup_flow(environment: str, kind: str = "manual", storage: str | None = No
                 platform.database() as conninfo, steps.database_snapshot(conninfo) as (conn, snapshot_id):
             backup_id, started = new_backup_id(env.name), now_utc()
             facts = steps.read_facts(conn)
-            dump = dump_database.submit(conninfo, repo, backup_id, snapshot_id)
             files = store_filestore.submit(platform, repo, env.name)
-            parts = {"database.dump": dump.result()}
+            apart = steps.apart_tables(conn, env.backup.tables_apart_mb)
+            dump = dump_database.submit(conninfo, repo, backup_id, snapshot_id, quote(apart),
+                                        quote(steps.previous_apart(repo, env.name) if apart else {}))
+            parts, facts.apart = dump.result()
             config = steps.store_config(platform, repo, backup_id)
             if config:
                 parts["odoo.conf"] = config
@@ -94,5 +101,8 @@ def backup_flow(environment: str, kind: str = "manual", storage: str | None = No
     _publish(manifest, storage)
     record_run(inv, "backup", env, parameters, "success", [backup_id],
                {"missing_files": len(manifest["odoops"]["missing_files"])})
-    return {"backup_id": backup_id, "missing_files": manifest["odoops"]["missing_files"],
-            "size": manifest["odoops"]["parts"]["database.dump"]["size"] + manifest["odoops"]["filestore"]["bytes"]}
+    meta = manifest["odoops"]
+    return {"backup_id": backup_id, "missing_files": meta["missing_files"],
+            "tables_reused": [t["table"] for t in meta["database"].get("apart", []) if t["reused_from"]],
+            "size": sum(p["size"] for name, p in meta["parts"].items() if name.endswith(".dump"))
+            + meta["filestore"]["bytes"]}

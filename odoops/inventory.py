@@ -62,6 +62,9 @@ class BackupPolicy:
     schedule: str | None = None
     timezone: str = "UTC"
     keep: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_KEEP))
+    # Tables of at least this many MB get a dump part of their own, reused by the next backup while the
+    # table is unchanged (docs/repository-format.md); 0 keeps the whole database in one dump.
+    tables_apart_mb: float = 64
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,7 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
     if ssh is None:
         filestore = str(_resolve(base, filestore))
     b = _mapping(data.get("backup", {}), f"{where}.backup")
-    _unknown(b, {"storage", "schedule", "timezone", "keep"}, f"{where}.backup")
+    _unknown(b, {"storage", "schedule", "timezone", "keep", "tables_apart_mb"}, f"{where}.backup")
     default_storage = "local" if "local" in storages else (next(iter(storages)) if storages else None)
     storage_name = _str(b, "storage", f"{where}.backup", required=default_storage is None, default=default_storage)
     if storage_name not in storages:
@@ -259,6 +262,10 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
         ZoneInfo(timezone)
     except Exception:
         raise _fail(f"{where}.backup.timezone", f"unknown time zone {timezone!r}", "use an IANA name like Europe/Brussels") from None
+    apart = b.get("tables_apart_mb", 64)
+    if not isinstance(apart, int | float) or isinstance(apart, bool) or apart < 0:
+        raise _fail(f"{where}.backup.tables_apart_mb", f"expected a number of MB >= 0, got {apart!r}",
+                    "write e.g. tables_apart_mb: 64, or 0 to keep the database in one dump")
     logs = data.get("logs") or ()
     if isinstance(logs, str):
         logs = [logs]
@@ -266,7 +273,7 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
     return Environment(
         name=name, stage=stage, platform=platform, database=database, filestore=filestore,
         backup=BackupPolicy(storage=storage_name, schedule=schedule, timezone=timezone,
-                            keep=_keep(b.get("keep"), f"{where}.backup.keep")),
+                            keep=_keep(b.get("keep"), f"{where}.backup.keep"), tables_apart_mb=float(apart)),
         url=_str(data, "url", where, required=False), odoo_config=_str(data, "odoo_config", where, required=False),
         ssh=ssh, logs=tuple(logs), odoo_bin=_argv(data.get("odoo_bin"), f"{where}.odoo_bin"),
         stop_command=_argv(data.get("stop_command"), f"{where}.stop_command"),

@@ -84,7 +84,7 @@ class Cluster:
 def start_cluster(root: Path | None = None, port: int | None = None) -> Cluster:
     """initdb + start a cluster listening on 127.0.0.1 only, trust auth, fsync off (scratch data)."""
     bindir = _pg_bindir()
-    root = Path(root or tempfile.mkdtemp(prefix="odoops-pg-"))
+    root = Path(root or tempfile.mkdtemp(prefix="odoops-pg-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     pgdir = root / "pg"

@@ -33,6 +33,7 @@ from odoops.errors import (
     tool_error_line,
 )
 from tasks.filestore import IndexEntry, object_key
+from tasks.postgres import DumpSet
 from tasks.storage import CHUNK, HashingReader, Store
 
 FORMAT_NAME = "odoops-backup-repository"
@@ -348,21 +349,26 @@ class Repository:
     # ------------------------------------------------------------ export as Odoo's archive
 
     @contextmanager
-    def dump_file(self, backup_id: str) -> Iterator[Path]:
-        """A local path of the database dump (downloaded to a temporary file for S3)."""
-        key = backup_key(backup_id, "database.dump")
-        local = self.store.local_path(key)
-        if local is not None:
-            if not local.exists():
-                raise IntegrityError(f"database.dump of {backup_id} is missing: the backup is damaged")
-            yield local
-            return
+    def database_dumps(self, backup_id: str) -> Iterator[DumpSet]:
+        """The backup's database archives as local files (downloaded to a temporary folder for S3)."""
+        meta = self.manifest(backup_id)["odoops"]
+        apart = meta["database"].get("apart", [])
+        parts = ["database.dump", *(t["part"] for t in apart)]
         with tempfile.TemporaryDirectory(prefix="odoops-dump-") as tmp:
-            path = Path(tmp) / "database.dump"
-            with self.store.open(key) as src, open(path, "wb") as out:
-                while chunk := src.read(CHUNK):
-                    out.write(chunk)
-            yield path
+            paths = []
+            for n, part in enumerate(parts):
+                key = backup_key(backup_id, part)
+                local = self.store.local_path(key)
+                if local is None:
+                    local = Path(tmp) / f"{n}.dump"
+                    with self.store.open(key) as src, open(local, "wb") as out:
+                        while chunk := src.read(CHUNK):
+                            out.write(chunk)
+                elif not local.exists():
+                    raise IntegrityError(f"{part} of {backup_id} is missing: the backup is damaged")
+                paths.append(local)
+            yield DumpSet(paths[0], tuple((t["schema"], t["table"], path) for t, path in zip(apart, paths[1:],
+                                                                                             strict=True)))
 
     def export_odoo_zip(self, backup_id: str, out: BinaryIO, progress: Callable[[int], None] | None = None) -> None:
         """Write Odoo's standard backup archive: dump.sql (plain, --no-owner), manifest.json, filestore/.
@@ -372,22 +378,11 @@ class Repository:
         manifest = self.manifest(backup_id)
         index = self.filestore_index(backup_id)
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            with self.dump_file(backup_id) as dump:
-                proc = subprocess.Popen(["pg_restore", "--no-owner", "--file=-", str(dump)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                errors: list[bytes] = []
-                reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
-                reader.start()
-                with zf.open(_zipinfo("dump.sql"), "w", force_zip64=True) as entry:
-                    while chunk := proc.stdout.read(CHUNK):
-                        entry.write(chunk)
-                        if progress:
-                            progress(len(chunk))
-                code = proc.wait()
-                reader.join()
-                if code != 0:
-                    raise IntegrityError(f"pg_restore could not read the dump of {backup_id}: "
-                                         f"{tool_error_line(b''.join(errors))}")
+            with self.database_dumps(backup_id) as dumps, \
+                    zf.open(_zipinfo("dump.sql"), "w", force_zip64=True) as sql_entry:
+                for stage in dumps.stages():
+                    for tail in stage:  # one after the other: plain SQL in restore order
+                        _pg_restore_to(["pg_restore", "--no-owner", "--file=-", *tail], sql_entry, backup_id, progress)
             odoo_manifest = {k: manifest[k] for k in ODOO_MANIFEST_KEYS if k in manifest}
             zf.writestr(_zipinfo("manifest.json"), json.dumps(odoo_manifest, indent=4))
             for entry in index:
@@ -397,6 +392,27 @@ class Repository:
                         dst.write(chunk)
                 if progress:
                     progress(entry.size)
+
+
+def _pg_restore_to(args: list[str], out: BinaryIO, backup_id: str, progress: Callable[[int], None] | None) -> None:
+    """Stream pg_restore's plain SQL into ``out``; its own error line when it fails."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        while chunk := proc.stdout.read(CHUNK):
+            out.write(chunk)
+            if progress:
+                progress(len(chunk))
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        code = proc.wait()
+        reader.join()
+    if code != 0:
+        raise IntegrityError(f"pg_restore could not read the dump of {backup_id}: {tool_error_line(b''.join(errors))}")
 
 
 def _zipinfo(name: str) -> zipfile.ZipInfo:

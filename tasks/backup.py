@@ -7,16 +7,21 @@ snapshot that pg_dump uses, so a drill compares like with like even on a busy pr
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import re
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
+from psycopg import sql
 
 from odoops import __version__
 from odoops.errors import ConfigError, OdoopsError, ToolFailed
@@ -27,6 +32,7 @@ from tasks.archive import Repository, backup_key, now_utc, odoo_manifest
 from tasks.filestore import FilestoreResult, IndexEntry, missing_attachment_files, store_filestore
 from tasks.postgres import ConnInfo, connect, tool_failure
 
+log = logging.getLogger(__name__)
 _CONFIG_LINE = re.compile(r"^(\s*)([A-Za-z0-9_.]+)(\s*[=:]\s*)(.*)$")
 _SECRET_CONFIG_KEYS = re.compile(r"(passw|secret|token|api_key|key$)", re.IGNORECASE)
 
@@ -39,6 +45,7 @@ class DatabaseFacts:
     size: int
     row_counts: dict[str, int]
     attachment_fnames: list[str] = field(repr=False)
+    apart: list[dict[str, Any]] = field(default_factory=list)  # the tables dumped apart (dump_database_parts)
 
 
 @contextmanager
@@ -72,9 +79,12 @@ def read_facts(conn: psycopg.Connection) -> DatabaseFacts:
 
 
 def dump_to_repository(conninfo: ConnInfo, repo: Repository, backup_id: str, snapshot_id: str | None,
-                       compress: int = 1, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """pg_dump (custom format) streamed into the repository; checks pg_dump's exit status."""
-    args = ["pg_dump", "--format=custom", f"--compress={compress}", "--no-owner"]
+                       compress: int = 1, progress: Callable[[int], None] | None = None,
+                       part: str = "database.dump", selection: Sequence[str] = ()) -> dict[str, Any]:
+    """One pg_dump (custom format) streamed into the repository; checks pg_dump's exit status.
+
+    ``selection`` narrows it (``--exclude-table-data=...``, ``--data-only --table=...``)."""
+    args = ["pg_dump", "--format=custom", f"--compress={compress}", "--no-owner", *selection]
     if snapshot_id:
         args.append(f"--snapshot={snapshot_id}")
     args += ["--dbname", conninfo.dbname]
@@ -91,7 +101,7 @@ def dump_to_repository(conninfo: ConnInfo, repo: Repository, backup_id: str, sna
             return data
 
     try:
-        size, sha = repo.store.put_stream(backup_key(backup_id, "database.dump"), _Counting())
+        size, sha = repo.store.put_stream(backup_key(backup_id, part), _Counting())
     except BaseException:
         proc.kill()
         proc.wait()
@@ -99,11 +109,160 @@ def dump_to_repository(conninfo: ConnInfo, repo: Repository, backup_id: str, sna
     code = proc.wait()
     drain.join()
     if code != 0:
-        repo.store.delete(backup_key(backup_id, "database.dump"))
+        repo.store.delete(backup_key(backup_id, part))
         raise tool_failure("pg_dump", b"".join(stderr))
     if size == 0:
         raise ToolFailed("pg_dump produced an empty dump: check the database and pg_dump's version")
     return {"size": size, "sha256": sha}
+
+
+# ----------------------------------------------------------------------------- big tables apart
+
+APART_MAX_TABLES = 12
+_FINGERPRINT_VERSION = 1
+_FIRST_USER_OID = 16384  # FirstNormalObjectId: types above it are user-defined (enums, domains, extensions)
+
+
+@dataclass(frozen=True)
+class ApartTable:
+    """A big table whose data is dumped into its own part (docs/repository-format.md)."""
+
+    schema: str
+    name: str
+    bytes: int
+    fingerprint: str | None  # None: never reused
+
+    @property
+    def part(self) -> str:
+        encode = lambda name: quote(name, safe="").replace(".", "%2E")  # noqa: E731
+        return f"tables/{encode(self.schema)}.{encode(self.name)}.dump"
+
+    @property
+    def pattern(self) -> str:
+        """A pg_dump pattern matching this table only (inside double quotes every character is literal)."""
+        return ".".join('"' + n.replace('"', '""') + '"' for n in (self.schema, self.name))
+
+
+def pg_dump_major() -> int:
+    out = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"(\d+)(?:\.\d+)?", out).group(1))
+
+
+def _cluster_identity(conn: psycopg.Connection) -> str | None:
+    """System identifier, WAL timeline and database oid; None where unreadable (a standby, privileges)."""
+    try:
+        with conn.transaction():  # a savepoint: an error must not end the snapshot's transaction
+            if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                return None
+            row = conn.execute(
+                "SELECT (SELECT system_identifier FROM pg_control_system()), "
+                "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()
+    except psycopg.Error:
+        return None
+    return "/".join(str(v) for v in row)
+
+
+def _fingerprint(conn: psycopg.Connection, base: list[Any], schema: str, name: str, oid: int,
+                 relfilenode: int) -> str | None:
+    """What any change to the table's rows or columns alters; None when it cannot be trusted."""
+    try:
+        with conn.transaction():
+            columns = conn.execute(
+                "SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attisdropped, a.atthasmissing, "
+                "a.attmissingval::text, a.attgenerated, a.attcollation, "
+                "NOT a.attisdropped AND (a.atttypid >= %s OR coalesce(t.typelem, 0) >= %s) "
+                "FROM pg_attribute a LEFT JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid = %s AND a.attnum > 0 ORDER BY a.attnum",
+                (_FIRST_USER_OID, _FIRST_USER_OID, oid)).fetchall()
+            if any(c[-1] for c in columns):
+                return None
+            rows = conn.execute(sql.SQL(
+                "SELECT count(*), coalesce(sum(xmin::text::bigint), 0), "
+                "coalesce(sum(hashtextextended(ctid::text || '/' || xmin::text, 0)), 0) FROM {}").format(
+                sql.Identifier(schema, name))).fetchone()
+    except psycopg.Error:
+        return None
+    material = [*base, oid, relfilenode, [list(c[:-1]) for c in columns], [str(v) for v in rows]]
+    return hashlib.sha256(json.dumps(material, default=str).encode()).hexdigest()
+
+
+def apart_tables(conn: psycopg.Connection, min_mb: float, max_tables: int = APART_MAX_TABLES) -> list[ApartTable]:
+    """The biggest tables (at least ``min_mb``), fingerprinted inside the snapshot ``conn`` holds."""
+    if min_mb <= 0:
+        return []
+    candidates = conn.execute(
+        "SELECT n.nspname, c.relname, c.oid, c.relfilenode, pg_table_size(c.oid) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%' "
+        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
+        "AND d.deptype = 'e') AND pg_table_size(c.oid) >= %s ORDER BY 5 DESC, 1, 2 LIMIT %s",
+        (int(min_mb * 2**20), max_tables)).fetchall()
+    if not candidates:
+        return []
+    identity = _cluster_identity(conn)
+    base = [_FINGERPRINT_VERSION, pg_dump_major(), identity]
+    return [ApartTable(schema, name, size,
+                       _fingerprint(conn, base, schema, name, oid, relfilenode) if identity else None)
+            for schema, name, oid, relfilenode, size in candidates]
+
+
+def previous_apart(repo: Repository, environment: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The environment's newest complete backup's table parts: (schema, table) -> record + backup id."""
+    latest = repo.latest(environment)
+    if latest is None:
+        return {}
+    meta = repo.manifest(latest.id)["odoops"]
+    return {(t["schema"], t["table"]): {**t, "backup_id": latest.id, **meta["parts"][t["part"]]}
+            for t in meta["database"].get("apart", []) if t.get("fingerprint") and t["part"] in meta["parts"]}
+
+
+def dump_database_parts(conninfo: ConnInfo, repo: Repository, backup_id: str, snapshot_id: str | None,
+                        apart: Sequence[ApartTable] = (), previous: dict[tuple[str, str], dict[str, Any]] | None = None,
+                        jobs: int = 2, progress: Callable[[int], None] | None = None
+                        ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The database as ``database.dump`` plus one part per big table, an unchanged one linked, not dumped.
+
+    Returns (parts for the manifest, the ``apart`` records)."""
+    previous = previous or {}
+    parts: dict[str, dict[str, Any]] = {}
+    records: list[dict[str, Any]] = []
+    to_dump: list[tuple[str, list[str]]] = [
+        ("database.dump", [f"--exclude-table-data={t.pattern}" for t in apart])]
+    for table in apart:
+        before = previous.get((table.schema, table.name))
+        reused = None
+        if table.fingerprint and before and before["fingerprint"] == table.fingerprint:
+            try:
+                repo.store.link(backup_key(before["backup_id"], before["part"]), backup_key(backup_id, table.part))
+                parts[table.part] = {"size": before["size"], "sha256": before["sha256"]}
+                reused = before["backup_id"]
+            except OdoopsError as exc:  # the previous part is gone or damaged: dump it again
+                log.warning("cannot reuse %s of %s (%s): dumping it", before["part"], before["backup_id"], exc)
+        if reused is None:
+            to_dump.append((table.part, ["--data-only", f"--table={table.pattern}"]))
+        records.append({"schema": table.schema, "table": table.name, "part": table.part, "bytes": table.bytes,
+                        "fingerprint": table.fingerprint, "reused_from": reused})
+    lock = threading.Lock()
+
+    def counted(n: int) -> None:
+        if progress:
+            with lock:
+                progress(n)
+
+    def dump(item: tuple[str, list[str]]) -> tuple[str, dict[str, Any]]:
+        part, selection = item
+        return part, dump_to_repository(conninfo, repo, backup_id, snapshot_id, progress=counted, part=part,
+                                        selection=selection)
+
+    if len(to_dump) == 1:
+        parts.update([dump(to_dump[0])])
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="pg_dump") as pool:
+            parts.update(pool.map(dump, to_dump))
+    return parts, records
 
 
 def redact_odoo_config(text: str) -> str:
@@ -153,7 +312,8 @@ def build_manifest(env: Environment, backup_id: str, kind: str, started: datetim
         "format": 1, "backup_id": backup_id, "environment": env.name, "stage": env.stage, "kind": kind,
         "created_at": started.isoformat(timespec="seconds"), "completed_at": now_utc().isoformat(timespec="seconds"),
         "database": {"name": facts.db_name, "size": facts.size, "tables": len(facts.row_counts),
-                     "row_counts": facts.row_counts},
+                     "row_counts": facts.row_counts, "layout": "parts" if facts.apart else "single",
+                     "apart": facts.apart},
         "parts": parts,
         "filestore": {"files": len(files.entries), "bytes": files.total_bytes, "new_objects": files.new_objects,
                       "new_bytes": files.new_bytes},

@@ -56,8 +56,8 @@ def restore_into_scratch(repo: Repository, backup_id: str, server: ConnInfo, dbn
 
     Returns relpath -> SHA-1 of the files written."""
     create_database(server, dbname)
-    with repo.dump_file(backup_id) as dump:
-        restore_dump(server.with_dbname(dbname), str(dump), jobs=jobs)
+    with repo.database_dumps(backup_id) as dumps:
+        restore_dump(server.with_dbname(dbname), dumps, jobs=jobs)
     return materialize(repo.store, repo.filestore_index(backup_id), filestore, progress=progress)
 
 

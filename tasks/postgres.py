@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import IO
 
 import psycopg
@@ -189,13 +190,35 @@ def drop_database(conninfo: ConnInfo, dbname: str, *, only_scratch_prefix: str) 
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
-def dump_database(conninfo: ConnInfo, out: IO[bytes], compress: int = 1) -> None:
-    """pg_dump custom format (restorable in parallel with pg_restore -j) into an open binary stream."""
-    run_tool(["pg_dump", "--format=custom", f"--compress={compress}", "--no-owner", "--dbname", conninfo.dbname],
-             conninfo, stdout=out)
+@dataclass(frozen=True)
+class DumpSet:
+    """A database as pg_dump archives: ``main``, plus some tables' data apart (docs/repository-format.md)."""
+
+    main: Path
+    tables: tuple[tuple[str, str, Path], ...] = ()  # (schema, table, data-only archive)
+
+    def stages(self, jobs: int = 1) -> list[list[list[str]]]:
+        """pg_restore argument tails, stage by stage; the commands of one stage may run side by side."""
+        parallel = [f"--jobs={jobs}"] if jobs > 1 else []
+        if not self.tables:
+            return [[[*parallel, str(self.main)]]]
+        return [[["--section=pre-data", str(self.main)]],
+                [["--section=data", str(self.main)],
+                 *[["--data-only", "--schema", schema, "--table", table, str(path)]
+                   for schema, table, path in self.tables]],
+                [["--section=post-data", *parallel, str(self.main)]]]
 
 
-def restore_dump(conninfo: ConnInfo, dump_path: str, jobs: int = 2) -> None:
-    """pg_restore a custom-format dump into an existing empty database."""
-    run_tool(["pg_restore", "--no-owner", "--exit-on-error", f"--jobs={jobs}", "--dbname", conninfo.dbname, dump_path],
-             conninfo)
+def restore_dump(conninfo: ConnInfo, dumps: DumpSet | str | Path, jobs: int = 2) -> None:
+    """pg_restore a dump (or a backup's dump set) into an existing empty database."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dumps = dumps if isinstance(dumps, DumpSet) else DumpSet(Path(dumps))
+    head = ["pg_restore", "--no-owner", "--exit-on-error", "--dbname", conninfo.dbname]
+    for stage in dumps.stages(jobs):
+        if len(stage) == 1:
+            run_tool([*head, *stage[0]], conninfo)
+            continue
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="pg_restore") as pool:
+            for future in [pool.submit(run_tool, [*head, *tail], conninfo) for tail in stage]:
+                future.result()

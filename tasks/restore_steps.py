@@ -107,8 +107,8 @@ def target_major_version(target: ConnInfo) -> str | None:
 
 def load_database(source: RestoreSource, conninfo: ConnInfo, progress: Progress = None) -> None:
     if source.kind == "catalog":
-        with source.repo.dump_file(source.backup_id) as dump:  # type: ignore[attr-defined]
-            restore_dump(conninfo, str(dump))
+        with source.repo.database_dumps(source.backup_id) as dumps:  # type: ignore[attr-defined]
+            restore_dump(conninfo, dumps)
     elif source.kind == "dump":
         restore_dump(conninfo, str(source.local_path))
     else:

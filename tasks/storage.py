@@ -102,6 +102,11 @@ class Store(ABC):
         """The key's file on local disk when the store is a folder (lets pg_restore read it directly)."""
         return None
 
+    def link(self, source: str, target: str) -> None:
+        """``target`` gets ``source``'s content (immutable data: a link or a server-side copy where possible)."""
+        with self.open(source) as stream:
+            self.put_stream(target, stream)
+
 
 class LocalStore(Store):
     def __init__(self, root: Path, name: str = "local") -> None:
@@ -144,6 +149,27 @@ class LocalStore(Store):
             tmp.unlink(missing_ok=True)
             raise
         return size, digest.hexdigest()
+
+    def link(self, source: str, target: str) -> None:
+        src, dst = self._path(source), self._path(target)
+        if not src.is_file():
+            raise StorageError(f"{source} is missing from {self.root}: the backup is damaged (run backups verify)")
+        tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.link"
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, tmp)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+                raise _os_error(exc, target) from None
+            super().link(source, target)  # a filesystem without hard links (or across devices): copy
+            return
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dst)
+            fsync_dir(dst.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _os_error(exc, target) from None
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -278,6 +304,21 @@ class S3Store(Store):
                                f"{self.endpoint_url or 'AWS'} keeps failing; nothing was listed, run the backup again "
                                "later") from None
         return reader.size, reader.sha256.hexdigest()
+
+    def link(self, source: str, target: str) -> None:
+        """A server-side copy: the data does not travel through this machine."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.copy({"Bucket": self.bucket, "Key": self._key(source)}, self.bucket, self._key(target),
+                             Config=self.transfer)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise StorageError(f"{source} is missing from {self.describe()}: the backup is damaged") from None
+            raise self._error(exc, target) from None
+        except (BotoCoreError, S3UploadFailedError) as exc:
+            raise self._error(exc, target) from None
 
     def open(self, key: str) -> BinaryIO:
         from botocore.exceptions import BotoCoreError, ClientError
