@@ -161,6 +161,8 @@ def backup(environment: str, storage: Annotated[str | None, typer.Option(help="S
         print(json.dumps(result, indent=1))
         return
     console.print(f"[green]backup {result['backup_id']}[/] complete ({_human(result['size'])})")
+    if result["tables_reused"]:
+        console.print(f"unchanged since the previous backup, linked instead of dumped: {', '.join(result['tables_reused'])}")
     if result["missing_files"]:
         console.print(f"[yellow]warning:[/] {len(result['missing_files'])} attachments have no file in the filestore "
                       f"(first: {result['missing_files'][0]}); see the manifest's missing_files")

@@ -210,7 +210,7 @@ def apart_tables(conn: psycopg.Connection, min_mb: float, max_tables: int = APAR
 def previous_apart(repo: Repository, environment: str) -> dict[tuple[str, str], dict[str, Any]]:
     """The environment's newest complete backup's table parts: (schema, table) -> record + backup id."""
     latest = repo.latest(environment)
-    if latest is None:
+    if latest is None or latest.verification == "failed":  # never carry a damaged part forward
         return {}
     meta = repo.manifest(latest.id)["odoops"]
     return {(t["schema"], t["table"]): {**t, "backup_id": latest.id, **meta["parts"][t["part"]]}

@@ -158,3 +158,20 @@ def test_tables_apart_mb_must_be_a_number(tmp_path, pg_cluster, odoo_db, value):
         pg_cluster, dbname, filestore, backup={"storage": "local", "tables_apart_mb": value})})
     with pytest.raises(ConfigError, match=r"environments\.production\.backup\.tables_apart_mb: expected a number"):
         load_inventory(inventory)
+
+
+def test_a_part_that_failed_verification_is_never_carried_forward(tmp_path, pg_cluster, odoo_db):
+    from flows.backup import backup_flow
+    from flows.verify import verify_flow
+    from odoops.errors import IntegrityError
+
+    inventory = _inventory(tmp_path, pg_cluster, odoo_db)
+    repo = repository_for(load_inventory(inventory), "local")
+    first = backup_flow("production", inventory=str(inventory))["backup_id"]
+    damaged = repo.store.local_path(f"backups/{first}/{_apart(repo, first)['res_partner']['part']}")
+    damaged.write_bytes(damaged.read_bytes()[:-10] + b"bit rot!!!")
+    with pytest.raises(IntegrityError, match="damaged"):
+        verify_flow(first, inventory=str(inventory))
+    second = backup_flow("production", inventory=str(inventory))
+    assert second["tables_reused"] == []
+    assert verify_flow(second["backup_id"], inventory=str(inventory))["ok"]
