@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -73,6 +73,21 @@ def publish_cost_artifacts(report: costs.CostReport, files: dict[str, str]) -> N
         description="Cost report summary and break-even points")
 
 
+@task(name="measure-sizes", cache_policy=NO_CACHE)
+def measure_sizes(inventory: str | None) -> tuple[dict[str, float], list[str]]:
+    """Database, filestore and backup repository sizes of the inventory's production environments."""
+    from odoops.errors import ConfigError
+    from odoops.inventory import load_inventory
+
+    try:
+        inv = load_inventory(inventory)
+    except ConfigError as exc:
+        if inventory is not None:
+            raise  # named explicitly: a broken inventory is an error, not a reason to guess
+        return {}, [f"no inventory ({exc}): sizes are estimates"]
+    return costs.measure_sizes(inv)
+
+
 @flow(name="cost-report", log_prints=False)
 def cost_report_flow(
     inputs_file: str | None = None,
@@ -83,17 +98,23 @@ def cost_report_flow(
     enterprise_self_hosted: bool | None = None,
     months: int | None = None,
     measured: dict[str, float] | None = None,
+    measure: bool = True,
+    inventory: str | None = None,
 ) -> dict[str, Any]:
     """Compare Odoo.sh and self-hosted costs; write costs.{csv,md,html,png} into ``out_dir``.
 
     ``inputs_file`` is a YAML file of prices and sizes (see deployments/cost-inputs.example.yaml);
-    the other parameters override it; ``measured`` holds sizes measured on the environments
-    (``database_gb``, ``filestore_gb``, ``backup_repository_gb``) and wins over both.
+    the other parameters override it. With ``measure``, the production environments of the inventory
+    are measured (``database_gb``, ``filestore_gb``, ``backup_repository_gb``) and their sizes win over
+    both; ``measured`` gives such sizes by hand and wins over the measurement.
     """
     overrides = {"users": users, "workers": workers, "staging_environments": staging_environments,
                  "enterprise_self_hosted": enterprise_self_hosted, "months": months}
-    inputs = load_cost_inputs(inputs_file, overrides, measured)
+    sizes, notes = measure_sizes(inventory) if measure else ({}, [])
+    for note in notes:
+        get_run_logger().warning("%s", note)
+    inputs = load_cost_inputs(inputs_file, overrides, {**sizes, **(measured or {})} or None)
     report = compute_costs(inputs)
     files = write_cost_report(report, str(Path(out_dir)))
     publish_cost_artifacts(report, files)
-    return {**costs.summary(report), "files": files}
+    return {**costs.summary(report), "files": files, "measurement_notes": notes}

@@ -29,6 +29,12 @@ def cost_report(
     out: Annotated[Path, typer.Option("--out", help="Folder for costs.csv, .md, .html and .png.",
                                       file_okay=False)] = Path("reports/costs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print totals and break-even points as JSON.")] = False,
+    measure: Annotated[bool, typer.Option(
+        "--measure/--no-measure",
+        help="Measure database, filestore and backup repository sizes on the inventory's production "
+             "environments (they replace the estimates).")] = True,
+    inventory: Annotated[Path | None, typer.Option(
+        "--inventory", envvar="ODOOPS_INVENTORY", help="Environment inventory to measure.", dir_okay=False)] = None,
     prefect: Annotated[bool, typer.Option(
         "--prefect/--no-prefect",
         help="Run as the Prefect flow (state and artifacts kept) or as plain functions (no Prefect).")] = True,
@@ -41,8 +47,17 @@ def cost_report(
         if prefect:
             from flows.cost_report import cost_report_flow
 
-            result = cost_report_flow(inputs_file=None if inputs is None else str(inputs), out_dir=str(out))
+            result = cost_report_flow(inputs_file=None if inputs is None else str(inputs), out_dir=str(out),
+                                      measure=measure, inventory=None if inventory is None else str(inventory))
         else:
+            if measure:
+                from flows.cost_report import measure_sizes
+
+                sizes, notes = measure_sizes.fn(None if inventory is None else str(inventory))
+                for note in notes:
+                    typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+                if sizes:
+                    loaded = costs.load_inputs(inputs, measured=sizes)
             report = costs.compute_costs(loaded)
             files = costs.write_report(report, out)
             result = {**costs.summary(report), "files": {k: str(p) for k, p in files.items()}}
@@ -59,6 +74,11 @@ def cost_report(
     be_users, be_gb = result["break_even_users"], result["break_even_storage_gb"]
     typer.echo(f"break-even: {'never' if be_users is None else f'{be_users:,.2f} users'}, "
                f"{'never' if be_gb is None else f'{be_gb:,.2f} GB'} (prices are estimates unless given)")
+    for note in result.get("measurement_notes", []):
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    if result.get("measured_sizes"):
+        typer.echo("measured on the environments: " + ", ".join(
+            f"{key} {value:,.3f}" for key, value in result["measured_sizes"].items()))
     typer.echo(f"report: {result['files']['html']}")
 
 

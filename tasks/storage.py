@@ -102,6 +102,10 @@ class Store(ABC):
         """The key's file on local disk when the store is a folder (lets pg_restore read it directly)."""
         return None
 
+    @abstractmethod
+    def total_size(self, prefix: str = "") -> int:
+        """Bytes stored under ``prefix`` (the whole repository by default)."""
+
     def link(self, source: str, target: str) -> None:
         """``target`` gets ``source``'s content (immutable data: a link or a server-side copy where possible)."""
         with self.open(source) as stream:
@@ -205,6 +209,17 @@ class LocalStore(Store):
 
     def size(self, key: str) -> int:
         return self._path(key).stat().st_size
+
+    def total_size(self, prefix: str = "") -> int:
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        total = 0
+        for dirpath, _dirnames, filenames in os.walk(base):
+            for filename in filenames:
+                try:
+                    total += os.lstat(os.path.join(dirpath, filename)).st_size
+                except FileNotFoundError:
+                    pass  # deleted meanwhile (a prune)
+        return total
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -371,6 +386,15 @@ class S3Store(Store):
             return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
         except (BotoCoreError, ClientError) as exc:
             raise self._error(exc, key) from None
+
+    def total_size(self, prefix: str = "") -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return sum(item["Size"] for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)) for item in page.get("Contents", []))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(exc, prefix or "the repository") from None
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -284,7 +284,7 @@ def cli_app() -> typer.Typer:
 def test_cli_json_without_prefect(case_a_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli-out"
     result = CliRunner().invoke(cli_app(), ["cost-report", "--inputs", str(case_a_file), "--out", str(out),
-                                            "--json", "--no-prefect"])
+                                            "--json", "--no-prefect", "--no-measure"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["monthly"] == {"odoosh": 635.0, "selfhosted": 445.0}
@@ -308,7 +308,7 @@ def test_cli_bad_input_prints_one_red_line_and_exits_2(tmp_path: Path) -> None:
 
 def test_cli_through_prefect_flow(prefect_harness, case_a_file: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app(), ["cost-report", "--inputs", str(case_a_file), "--out",
-                                            str(tmp_path / "o"), "--json"])
+                                            str(tmp_path / "o"), "--json", "--no-measure"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["horizon_total"]["selfhosted"] == 6340.0
@@ -325,7 +325,7 @@ def test_flow_publishes_artifacts(prefect_harness, case_a_file: Path, tmp_path: 
 
     out = tmp_path / "flow-out"
     state = cost_report_flow(inputs_file=str(case_a_file), out_dir=str(out), users=14,
-                             measured={"backup_repository_gb": 40}, return_state=True)
+                             measured={"backup_repository_gb": 40}, measure=False, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     # users 14 -> Odoo.sh 635 + 4 x 40 = 795; backup measured 40 GB x 0.25 = 10 instead of 25 -> 430
@@ -361,3 +361,55 @@ def test_flow_bad_input_fails_run_with_config_error(prefect_harness, tmp_path: P
     with pytest.raises(ConfigError, match="'odoosh_worker_month' has no value"):
         state.result()
     assert not (tmp_path / "never").exists()
+
+
+# --- sizes measured on real environments ---------------------------------------------------------------
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def test_sizes_are_measured_on_the_production_environments(prefect_harness, pg_cluster, odoo_db, tmp_path: Path):
+    """Database (pg_database_size), filestore (every file) and backup repository (after dedup) sizes."""
+    import psycopg
+
+    from flows.backup import backup_flow
+    from flows.cost_report import cost_report_flow
+    from tests.helpers import host_env, write_inventory
+
+    dbname, filestore = odoo_db
+    unreachable = host_env(pg_cluster, dbname, filestore, stage="staging")
+    unreachable["database"] = {"dsn": "postgresql://odoo@127.0.0.1:1/nowhere"}  # not production: not measured
+    inventory = write_inventory(tmp_path / "environments.yaml", {
+        "production": host_env(pg_cluster, dbname, filestore), "staging": unreachable})
+    backup_flow("production", inventory=str(inventory))
+    backup_flow("production", inventory=str(inventory))  # the second stores no file twice
+    with psycopg.connect(pg_cluster.dsn(dbname)) as conn:
+        db_bytes = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    result = cost_report_flow(out_dir=str(tmp_path / "out"), inventory=str(inventory))
+    sizes = result["measured_sizes"]
+    assert sizes["database_gb"] == pytest.approx(db_bytes / 1e9, abs=0.002)
+    assert sizes["filestore_gb"] == pytest.approx(_tree_bytes(filestore) / 1e9, abs=0.0005)
+    assert sizes["backup_repository_gb"] == pytest.approx(_tree_bytes(tmp_path / "backups") / 1e9, abs=0.0005)
+    assert result["measurement_notes"] == []
+
+    # production unreachable: its database and filestore stay estimates, and the note says why
+    broken = write_inventory(tmp_path / "broken.yaml", {"production": unreachable | {"stage": "production"}})
+    result = cost_report_flow(out_dir=str(tmp_path / "out2"), inventory=str(broken))
+    assert "database_gb" not in result["measured"] and "database_gb" in result["estimates"]
+    assert result["measured"] == ["backup_repository_gb"]
+    assert len(result["measurement_notes"]) == 1 and "production not measured" in result["measurement_notes"][0]
+
+
+def test_cli_measures_and_says_so(pg_cluster, odoo_db, tmp_path: Path) -> None:
+    from tests.helpers import host_env, write_inventory
+
+    dbname, filestore = odoo_db
+    inventory = write_inventory(tmp_path / "environments.yaml", {"production": host_env(pg_cluster, dbname, filestore)})
+    result = CliRunner().invoke(cli_app(), ["cost-report", "--out", str(tmp_path / "o"), "--no-prefect",
+                                            "--inventory", str(inventory)])
+    assert result.exit_code == 0, result.output
+    assert "measured on the environments: backup_repository_gb 0.000, database_gb 0.0" in result.stdout
+    missing = CliRunner().invoke(cli_app(), ["cost-report", "--out", str(tmp_path / "o"), "--no-prefect",
+                                             "--inventory", str(tmp_path / "missing.yaml")])
+    assert missing.exit_code == 2 and "inventory" in missing.stderr and "not found" in missing.stderr
