@@ -927,10 +927,10 @@ def scan_database(conn: psycopg.Connection, needles_table: str = "odoops_needles
                   tables: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
     """(table, column, rows) where any needle occurs, over every text/varchar/jsonb column.
 
-    Per table, each row's text columns are tokenized once (concatenated) and the tokens hash-joined
-    with the needles' anchors; each distinct (row, needle) candidate is then confirmed with strpos on
-    that row (fetched by ctid). Only rows that really contain a needle come back, and only those are
-    attributed to their columns in a second, tiny query.
+    Per table, each row's text columns are lower-cased and tokenized once (concatenated), the distinct
+    tokens hash-joined with the needles' anchors, and each candidate confirmed with strpos on that
+    row's text. Only rows that really contain a needle come back, and only those are attributed to
+    their columns in a second, tiny query.
     """
     hits: list[tuple[str, str, int]] = []
     wanted = set(tables) if tables is not None else None
@@ -948,13 +948,13 @@ def _scan_tables(conn: psycopg.Connection, needles_table: str, wanted: set[str] 
         if wanted is not None and table not in wanted:
             continue
         texts = [_text_of(c, typ) for c, typ in cols]
+        # OFFSET 0 keeps the lower-cased row text computed once per row: inlined, it was recomputed for
+        # every (row, needle) candidate, 4x slower on a million-message table.
         rows = conn.execute(sql.SQL(
-            "SELECT DISTINCT c.ctid FROM ("
-            " SELECT DISTINCT s.ctid, n.needle FROM (SELECT t.ctid, w FROM {tbl} t CROSS JOIN LATERAL"
-            "  unnest(regexp_split_to_array(lower(concat_ws(chr(10), {texts})), '[^0-9a-z]+')) w OFFSET 0) s"
-            " JOIN {nd} n ON n.anchor = s.w) c "
-            "WHERE EXISTS (SELECT 1 FROM {tbl} t WHERE t.ctid = c.ctid "
-            " AND strpos(lower(concat_ws(chr(10), {texts})), c.needle) > 0)"
+            "SELECT DISTINCT t.ctid FROM {tbl} t "
+            "CROSS JOIN LATERAL (SELECT lower(concat_ws(chr(10), {texts})) AS txt OFFSET 0) x "
+            "CROSS JOIN LATERAL (SELECT DISTINCT w FROM unnest(regexp_split_to_array(x.txt, '[^0-9a-z]+')) w) ws "
+            "JOIN {nd} n ON n.anchor = ws.w WHERE strpos(x.txt, n.needle) > 0"
         ).format(tbl=_id(table), texts=sql.SQL(", ").join(texts), nd=_id(needles_table))).fetchall()
         if not rows:
             continue

@@ -134,13 +134,17 @@ class ApartTable:
 
     @property
     def part(self) -> str:
-        encode = lambda name: quote(name, safe="").replace(".", "%2E")  # noqa: E731
-        return f"tables/{encode(self.schema)}.{encode(self.name)}.dump"
+        return f"tables/{_file_name(self.schema)}.{_file_name(self.name)}.dump"
 
     @property
     def pattern(self) -> str:
         """A pg_dump pattern matching this table only (inside double quotes every character is literal)."""
         return ".".join('"' + n.replace('"', '""') + '"' for n in (self.schema, self.name))
+
+
+def _file_name(identifier: str) -> str:
+    """A PostgreSQL name as a file name: percent-encoded, dots included (the schema/table separator)."""
+    return quote(identifier, safe="").replace(".", "%2E")
 
 
 def pg_dump_major() -> int:
