@@ -25,7 +25,8 @@ from tasks.archive import new_backup_id, now_utc
 
 
 @task(cache_policy=NO_CACHE)
-def dump_database(conninfo, repo, backup_id: str, snapshot_id: str, apart, previous):
+def dump_database(conninfo, repo, backup_id: str, snapshot_id: str, apart: list[steps.ApartTable],
+                  previous: dict[tuple[str, str], dict[str, Any]]):
     return steps.dump_database_parts(conninfo, repo, backup_id, snapshot_id, apart, previous,
                                      progress=progress("database dump"))
 
