@@ -38,6 +38,7 @@ from tasks.storage import CHUNK, HashingReader, Store
 
 FORMAT_NAME = "odoops-backup-repository"
 FORMAT_VERSION = 1
+BACKUP_FORMAT = 2  # the newest manifest ``odoops.format`` this version can restore (2: database in parts)
 STALE_LOCK_SECONDS = 24 * 3600
 ODOO_MANIFEST_KEYS = ("odoo_dump", "db_name", "version", "version_info", "major_version", "pg_version", "modules")
 
@@ -352,6 +353,9 @@ class Repository:
     def database_dumps(self, backup_id: str) -> Iterator[DumpSet]:
         """The backup's database archives as local files (downloaded to a temporary folder for S3)."""
         meta = self.manifest(backup_id)["odoops"]
+        if meta.get("format", 1) > BACKUP_FORMAT:
+            raise ConfigError(f"backup {backup_id} was written by a newer odoops (backup format {meta['format']}, "
+                              f"this version reads up to {BACKUP_FORMAT}): upgrade odoops to restore it")
         apart = meta["database"].get("apart", [])
         parts = ["database.dump", *(t["part"] for t in apart)]
         with tempfile.TemporaryDirectory(prefix="odoops-dump-") as tmp:

@@ -313,7 +313,7 @@ def build_manifest(env: Environment, backup_id: str, kind: str, started: datetim
                    parts: dict[str, dict[str, Any]], files: FilestoreResult) -> dict[str, Any]:
     manifest = odoo_manifest(facts.db_name, facts.modules, facts.server_version_num)
     manifest["odoops"] = {
-        "format": 1, "backup_id": backup_id, "environment": env.name, "stage": env.stage, "kind": kind,
+        "format": 2 if facts.apart else 1, "backup_id": backup_id, "environment": env.name, "stage": env.stage, "kind": kind,
         "created_at": started.isoformat(timespec="seconds"), "completed_at": now_utc().isoformat(timespec="seconds"),
         "database": {"name": facts.db_name, "size": facts.size, "tables": len(facts.row_counts),
                      "row_counts": facts.row_counts, "layout": "parts" if facts.apart else "single",

@@ -175,3 +175,21 @@ def test_a_part_that_failed_verification_is_never_carried_forward(tmp_path, pg_c
     second = backup_flow("production", inventory=str(inventory))
     assert second["tables_reused"] == []
     assert verify_flow(second["backup_id"], inventory=str(inventory))["ok"]
+
+
+def test_a_backup_of_a_newer_format_is_refused_not_half_restored(tmp_path, pg_cluster, odoo_db):
+    import json
+
+    from flows.backup import backup_flow
+    from flows.verify import drill_flow
+
+    inventory = _inventory(tmp_path, pg_cluster, odoo_db)
+    repo = repository_for(load_inventory(inventory), "local")
+    backup_id = backup_flow("production", inventory=str(inventory))["backup_id"]
+    assert repo.manifest(backup_id)["odoops"]["format"] == 2
+    path = repo.store.local_path(f"backups/{backup_id}/manifest.json")
+    manifest = json.loads(path.read_text())
+    manifest["odoops"]["format"] = 3
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"written by a newer odoops \(backup format 3, this version reads up to 2\)"):
+        drill_flow(backup_id, inventory=str(inventory))
