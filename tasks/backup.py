@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from odoops import __version__
-from odoops.errors import ConfigError, OdoopsError, ToolFailed
+from odoops.errors import ConfigError, IntegrityError, OdoopsError, ToolFailed
 from odoops.inventory import Environment
 from odoops.platforms.base import Platform
 from odoops.redact import SECRET_KEY_PATTERN
@@ -237,8 +237,12 @@ def dump_database_parts(conninfo: ConnInfo, repo: Repository, backup_id: str, sn
         before = previous.get((table.schema, table.name))
         reused = None
         if table.fingerprint and before and before["fingerprint"] == table.fingerprint:
+            target = backup_key(backup_id, table.part)
             try:
-                repo.store.link(backup_key(before["backup_id"], before["part"]), backup_key(backup_id, table.part))
+                repo.store.link(backup_key(before["backup_id"], before["part"]), target)
+                if repo.store.size(target) != before["size"]:  # cheap check; verify re-reads every byte
+                    repo.store.delete(target)
+                    raise IntegrityError(f"its size is not the {before['size']} bytes its manifest records")
                 parts[table.part] = {"size": before["size"], "sha256": before["sha256"]}
                 reused = before["backup_id"]
             except OdoopsError as exc:  # the previous part is gone or damaged: dump it again

@@ -176,6 +176,13 @@ def test_a_part_that_failed_verification_is_never_carried_forward(tmp_path, pg_c
     assert second["tables_reused"] == []
     assert verify_flow(second["backup_id"], inventory=str(inventory))["ok"]
 
+    # a part cut short (not yet noticed by any verify) is not carried forward either
+    cut = repo.store.local_path(f"backups/{second['backup_id']}/{_apart(repo, first)['mail_message']['part']}")
+    cut.write_bytes(cut.read_bytes()[:-100])
+    third = backup_flow("production", inventory=str(inventory))
+    assert "mail_message" not in third["tables_reused"] and "res_partner" in third["tables_reused"]
+    assert verify_flow(third["backup_id"], inventory=str(inventory))["ok"]
+
 
 def test_a_backup_of_a_newer_format_is_refused_not_half_restored(tmp_path, pg_cluster, odoo_db):
     import json
