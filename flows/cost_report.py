@@ -76,16 +76,7 @@ def publish_cost_artifacts(report: costs.CostReport, files: dict[str, str]) -> N
 @task(name="measure-sizes", cache_policy=NO_CACHE)
 def measure_sizes(inventory: str | None) -> tuple[dict[str, float], list[str]]:
     """Database, filestore and backup repository sizes of the inventory's production environments."""
-    from odoops.errors import ConfigError
-    from odoops.inventory import load_inventory
-
-    try:
-        inv = load_inventory(inventory)
-    except ConfigError as exc:
-        if inventory is not None:
-            raise  # named explicitly: a broken inventory is an error, not a reason to guess
-        return {}, [f"no inventory ({exc}): sizes are estimates"]
-    return costs.measure_sizes(inv)
+    return costs.measure_sizes(inventory)
 
 
 @flow(name="cost-report", log_prints=False)

@@ -51,9 +51,7 @@ def cost_report(
                                       measure=measure, inventory=None if inventory is None else str(inventory))
         else:
             if measure:
-                from flows.cost_report import measure_sizes
-
-                sizes, notes = measure_sizes.fn(None if inventory is None else str(inventory))
+                sizes, notes = costs.measure_sizes(None if inventory is None else str(inventory))
                 for note in notes:
                     typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
                 if sizes:

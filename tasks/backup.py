@@ -14,6 +14,7 @@ import re
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -263,13 +264,8 @@ def dump_database_parts(conninfo: ConnInfo, repo: Repository, backup_id: str, sn
         return part, dump_to_repository(conninfo, repo, backup_id, snapshot_id, progress=counted, part=part,
                                         selection=selection)
 
-    if len(to_dump) == 1:
-        parts.update([dump(to_dump[0])])
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="pg_dump") as pool:
-            parts.update(pool.map(dump, to_dump))
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="pg_dump") as pool:
+        parts.update(pool.map(dump, to_dump))
     return parts, records
 
 

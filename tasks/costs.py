@@ -626,17 +626,25 @@ def write_report(report: CostReport, out_dir: str | Path) -> dict[str, Path]:
 _GB = 1e9
 
 
-def measure_sizes(inventory: Any) -> tuple[dict[str, float], list[str]]:
+def measure_sizes(inventory_path: str | None) -> tuple[dict[str, float], list[str]]:
     """Sizes read from the inventory's production environments and their backup storages.
 
     Returns the measured keys (only those measured on *every* production environment: a partial sum
-    would understate the bill) and notes saying what could not be measured and why.
+    would understate the bill) and notes saying what could not be measured and why. Without an
+    inventory nothing is measured; a named inventory that cannot be loaded is an error.
     """
     from odoops.errors import OdoopsError
+    from odoops.inventory import load_inventory
     from odoops.platforms import platform_for
     from tasks.postgres import connect, database_size
     from tasks.storage import open_store
 
+    try:
+        inventory = load_inventory(inventory_path)
+    except ConfigError as exc:
+        if inventory_path is not None:
+            raise  # named explicitly: a broken inventory is an error, not a reason to guess
+        return {}, [f"no inventory ({exc}): sizes are estimates"]
     productions = [env for env in inventory.environments.values() if env.is_production]
     if not productions:
         return {}, ["no production environment in the inventory: sizes are estimates"]

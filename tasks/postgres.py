@@ -215,10 +215,7 @@ def restore_dump(conninfo: ConnInfo, dumps: DumpSet | str | Path, jobs: int = 2)
 
     dumps = dumps if isinstance(dumps, DumpSet) else DumpSet(Path(dumps))
     head = ["pg_restore", "--no-owner", "--exit-on-error", "--dbname", conninfo.dbname]
-    for stage in dumps.stages(jobs):
-        if len(stage) == 1:
-            run_tool([*head, *stage[0]], conninfo)
-            continue
-        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="pg_restore") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="pg_restore") as pool:
+        for stage in dumps.stages(jobs):  # one stage after the other; a stage's commands side by side
             for future in [pool.submit(run_tool, [*head, *tail], conninfo) for tail in stage]:
                 future.result()

@@ -129,7 +129,7 @@ class LocalStore(Store):
         return self._path(key)
 
     def put_stream(self, key: str, stream: IO[bytes]) -> tuple[int, str]:
-        target = self._path(key)
+        self._path(key)  # an invalid key fails before anything is written
         tmp_dir = self.root / "tmp"
         tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
         digest = hashlib.sha256()
@@ -143,21 +143,34 @@ class LocalStore(Store):
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _os_error(exc, key) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self._publish(tmp, key)
         return size, digest.hexdigest()
 
+    def _publish(self, tmp: Path, key: str) -> None:
+        """Rename a finished temporary file to ``key``, then fsync the folder (the data is already synced)."""
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _os_error(exc, key) from None
+
+    def _missing(self, key: str) -> StorageError:
+        return StorageError(f"{key} is missing from {self.root}: the backup is damaged (run backups verify)")
+
     def link(self, source: str, target: str) -> None:
-        src, dst = self._path(source), self._path(target)
+        src = self._path(source)
+        self._path(target)
         if not src.is_file():
-            raise StorageError(f"{source} is missing from {self.root}: the backup is damaged (run backups verify)")
+            raise self._missing(source)
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.link"
         try:
             tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -167,19 +180,13 @@ class LocalStore(Store):
                 raise _os_error(exc, target) from None
             super().link(source, target)  # a filesystem without hard links (or across devices): copy
             return
-        try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dst)
-            fsync_dir(dst.parent)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _os_error(exc, target) from None
+        self._publish(tmp, target)
 
     def open(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")
         except FileNotFoundError:
-            raise StorageError(f"{key} is missing from {self.root}: the backup is damaged (run backups verify)") from None
+            raise self._missing(key) from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -211,14 +218,12 @@ class LocalStore(Store):
         return self._path(key).stat().st_size
 
     def total_size(self, prefix: str = "") -> int:
-        base = self._path(prefix.rstrip("/")) if prefix else self.root
         total = 0
-        for dirpath, _dirnames, filenames in os.walk(base):
-            for filename in filenames:
-                try:
-                    total += os.lstat(os.path.join(dirpath, filename)).st_size
-                except FileNotFoundError:
-                    pass  # deleted meanwhile (a prune)
+        for key in self.list(prefix):
+            try:
+                total += self._path(key).lstat().st_size
+            except FileNotFoundError:
+                pass  # deleted meanwhile (a prune)
         return total
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
