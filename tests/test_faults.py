@@ -133,8 +133,15 @@ def free_environment_slot(environment: str) -> None:
 
 
 def parts_in_tmp(root: Path, suffix: str):
-    return lambda: any(p.suffix == suffix and p.stat().st_size > 0 for p in (root / "tmp").glob("*")) \
-        if (root / "tmp").exists() else False
+    """A half-written file is in the repository's tmp/ (it may be renamed away while we look)."""
+
+    def _written(path: Path) -> bool:
+        try:
+            return path.suffix == suffix and path.stat().st_size > 0
+        except FileNotFoundError:  # published (renamed) between listing and stat
+            return False
+
+    return lambda: (root / "tmp").exists() and any(_written(p) for p in (root / "tmp").glob("*"))
 
 
 @pytest.mark.parametrize("moment", ["dump", "filestore"])
