@@ -314,7 +314,8 @@ def build_manifest(env: Environment, backup_id: str, kind: str, started: datetim
     manifest = odoo_manifest(facts.db_name, facts.modules, facts.server_version_num)
     manifest["odoops"] = {
         "format": 2 if facts.apart else 1, "backup_id": backup_id, "environment": env.name, "stage": env.stage, "kind": kind,
-        "created_at": started.isoformat(timespec="seconds"), "completed_at": now_utc().isoformat(timespec="seconds"),
+        "created_at": started.isoformat(timespec="microseconds"),  # orders two backups made in one second
+        "completed_at": now_utc().isoformat(timespec="seconds"),
         "database": {"name": facts.db_name, "size": facts.size, "tables": len(facts.row_counts),
                      "row_counts": facts.row_counts, "layout": "parts" if facts.apart else "single",
                      "apart": facts.apart},

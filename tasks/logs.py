@@ -1597,8 +1597,7 @@ def follow(path: str, options: AnalysisOptions | None = None, *, threshold_error
                 consume(data)
                 continue
             check_alert(clock(), 0)
-            if stop.is_set() or (max_seconds is not None and clock() - started >= max_seconds):
-                break
+            # Rotation and truncation are handled before stopping, so what was written before the stop is read.
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -1606,6 +1605,8 @@ def follow(path: str, options: AnalysisOptions | None = None, *, threshold_error
             if f is None:
                 if st is not None:
                     f, inode = open_file()
+                    if f is not None:
+                        continue
             elif st is not None and st.st_ino != inode:
                 rest = f.read()  # drain the rotated file, then switch to the new one
                 if rest:
@@ -1620,6 +1621,8 @@ def follow(path: str, options: AnalysisOptions | None = None, *, threshold_error
                 analyzer.end_source(path)
                 partial = b""
                 continue
+            if stop.is_set() or (max_seconds is not None and clock() - started >= max_seconds):
+                break
             stop.wait(poll_interval)
     finally:
         if f is not None:

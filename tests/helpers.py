@@ -43,3 +43,22 @@ def drop_database(cluster, dbname: str) -> None:
 
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def reload_pg_conf(cluster, timeout: float = 30) -> None:
+    """pg_reload_conf() only signals the postmaster: wait until new sessions run with the new files."""
+    import time
+
+    import psycopg
+
+    def loaded_at():
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            return conn.execute("SELECT pg_conf_load_time()").fetchone()[0]
+
+    before = loaded_at()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT pg_reload_conf()").fetchone()[0]
+    deadline = time.monotonic() + timeout
+    while loaded_at() <= before:
+        assert time.monotonic() < deadline, "PostgreSQL did not reload its configuration"
+        time.sleep(0.05)

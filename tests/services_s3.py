@@ -8,8 +8,6 @@ import urllib.request
 
 import pytest
 
-from odoops.sandbox import free_port
-
 
 @pytest.fixture(scope="session")
 def s3_server() -> str:
@@ -18,10 +16,12 @@ def s3_server() -> str:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: the kernel picks a free port at bind time (a port picked beforehand could be taken meanwhile,
+    # and moto's start() then waits forever).
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from psycopg import sql
 from odoops.errors import BackupNotFound, ConfigError, ConnectionFailed, OdoopsError
 from odoops.inventory import load_inventory
 from odoops.runtime import repository_for
-from tests.helpers import host_env, write_inventory
+from tests.helpers import host_env, reload_pg_conf, write_inventory
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -73,6 +74,9 @@ def test_second_backup_stores_no_file_twice(inventory, odoo_db):
     assert manifest["odoops"]["filestore"]["new_objects"] == 1
     assert manifest["odoops"]["filestore"]["new_bytes"] == len(b"a new attachment")
     assert manifest["odoops"]["kind"] == "pre-deploy"
+    # two backups made within one second still have an order: created_at carries microseconds
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", manifest["odoops"]["created_at"])
+    assert [b.id for b in repo.list_backups("production")][-1] == second["backup_id"]
     assert len(repo.known_objects()) == 90 + 1 + 1  # distinct contents: 90 files, the empty marker, the new file
 
 
@@ -178,8 +182,8 @@ def test_wrong_password_never_shows_the_password(tmp_path, pg_cluster, odoo_db, 
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS guarded")
         conn.execute("CREATE ROLE guarded LOGIN PASSWORD 'right-password' SUPERUSER")
-        hba.write_text("host all guarded 127.0.0.1/32 scram-sha-256\n" + original)
-        conn.execute("SELECT pg_reload_conf()")
+    hba.write_text("host all guarded 127.0.0.1/32 scram-sha-256\n" + original)
+    reload_pg_conf(pg_cluster)
     try:
         monkeypatch.setenv("ACME_PG_PASSWORD", "Wrong-Secret-42")
         env = host_env(pg_cluster, dbname, filestore)
@@ -195,8 +199,7 @@ def test_wrong_password_never_shows_the_password(tmp_path, pg_cluster, odoo_db, 
         assert backup_flow("production", inventory=str(inv))["backup_id"]
     finally:
         hba.write_text(original)
-        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-            conn.execute("SELECT pg_reload_conf()")
+        reload_pg_conf(pg_cluster)
 
 
 def test_missing_filestore_folder(tmp_path, pg_cluster, odoo_db):

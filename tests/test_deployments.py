@@ -22,13 +22,16 @@ def served(tmp_path_factory, pg_cluster, sample_template):
     root = tmp_path_factory.mktemp("served")
     dbname, filestore = copy_sample(pg_cluster, sample_template, root)
     inventory = write_inventory(root / "environments.yaml", {"production": host_env(pg_cluster, dbname, filestore)})
-    local = devserver.start(root / "prefect", free_port(), {"ODOOPS_INVENTORY": str(inventory), **pg_cluster.env()})
+    # No scheduler: the deployments' own schedules (a health check every 5 min, the nightly backup) would
+    # start runs of their own in the middle of a test.
+    local = devserver.start(root / "prefect", free_port(), {"ODOOPS_INVENTORY": str(inventory), **pg_cluster.env(),
+                                                            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"})
     yield local, inventory
     local.stop()
     drop_database(pg_cluster, dbname)
 
 
-async def _wait(client, run_id, until, seconds: float = 150):
+async def _wait(client, run_id, until, seconds: float = 300):
     deadline = time.monotonic() + seconds
     while True:
         run = await client.read_flow_run(run_id)
@@ -115,7 +118,7 @@ def test_restore_over_production_from_the_ui_waits_for_its_name(served, pg_clust
             assert paused.state.is_paused(), paused.state
             assert partner_name() == "changed since the sample"  # nothing touched while it waits
             await aresume_flow_run(run.id, run_input={"environment_name": answer})
-            return await _wait(client, run.id, lambda state: state.is_final(), seconds=240)
+            return await _wait(client, run.id, lambda state: state.is_final(), seconds=480)
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -114,14 +114,17 @@ def start_backup_cli(inv: Path, tmp_path: Path) -> subprocess.Popen:
 
 
 def kill_when(proc: subprocess.Popen, condition, timeout: float = 90) -> None:
+    """SIGKILL the run at the fault point (and in any case: a run left alive would hold the slot)."""
     deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f"backup ended before the fault point: {proc.stderr.read().decode()[-2000:]}"
-        assert time.monotonic() < deadline, "fault point never reached"
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    free_environment_slot("production")
+    try:
+        while not condition():
+            assert proc.poll() is None, f"backup ended before the fault point: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "fault point never reached"
+            time.sleep(0.002)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        free_environment_slot("production")
 
 
 def free_environment_slot(environment: str) -> None:

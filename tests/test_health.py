@@ -1,6 +1,6 @@
 """Health checks and incident runbooks against a real PostgreSQL with real sessions, and a stand-in Odoo.
 
-The sessions are real: an idle one, one idle in transaction, one running ``pg_sleep(30)`` (cancelled
+The sessions are real: an idle one, one idle in transaction, one running ``pg_sleep(300)`` (cancelled
 at teardown), and a lock holder plus a session blocked behind it on ``res_partner`` of the real Odoo
 17 sample database. Thresholds are 1 s so nothing waits long.
 """
@@ -108,18 +108,19 @@ def sessions(pg_cluster, odoo_db):
         except psycopg.Error as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(sleeper, "SELECT pg_sleep(30)"), daemon=True),
+    threads = [threading.Thread(target=run, args=(sleeper, "SELECT pg_sleep(300)"), daemon=True),  # cancelled below
                threading.Thread(target=run, args=(blocked, "UPDATE res_partner SET write_date = now() WHERE id = 1"),
                                 daemon=True)]
     for t in threads:
         t.start()
     watcher = psycopg.connect(dsn, autocommit=True)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while True:
         row = watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND state = 'active'",
                               ([sleeper.info.backend_pid, blocked.info.backend_pid],)).fetchone()
         if row[0] == 2:
             break
+        assert time.monotonic() < deadline, f"the sleeping and the blocked session never both ran: {errors}"
         time.sleep(0.02)
     watcher.close()
     time.sleep(1.3)  # every session now older than the 1-s thresholds
@@ -156,7 +157,7 @@ def test_postgres_checks_see_exactly_the_real_sessions(tmp_path, pg_cluster, odo
     assert idle_tx.status == "warn" and pids(idle_tx.items) == {sessions.idle_tx, sessions.holder}
     long_q = checks["pg.long_queries"]
     assert long_q.status == "warn" and pids(long_q.items) == {sessions.sleeper, sessions.blocked}
-    assert any("pg_sleep(30)" in i["query"] for i in long_q.items)
+    assert any("pg_sleep(300)" in i["query"] for i in long_q.items)
     locks = checks["pg.locks"]
     assert locks.status == "warn" and locks.value == 1
     assert pids(locks.items, "blocked") == {sessions.blocked}
@@ -318,7 +319,8 @@ def test_standin_odoo_all_ok(tmp_path, pg_cluster, odoo_db, monkeypatch):
     monkeypatch.setenv("ODOO_HEALTH_PASSWORD", "s3cret-pw")
     with OdooStandin(databases={dbname: {"admin": ("s3cret-pw", 2)}}) as odoo:
         spec = env_spec(pg_cluster, dbname, filestore, url=odoo.url)
-        spec["health"].update(login="admin", login_password_env="ODOO_HEALTH_PASSWORD", expected_version="17.0")
+        spec["health"].update(login="admin", login_password_env="ODOO_HEALTH_PASSWORD", expected_version="17.0",
+                              response_time_warn=30, response_time_critical=60)  # a busy machine is no slow Odoo
         inv = load_inventory(write_inventory(tmp_path, dev=spec))
         report = health.run_health_checks(inv.environment("dev"))
         assert ("POST", "/web/webclient/version_info") in odoo.requests
@@ -327,7 +329,7 @@ def test_standin_odoo_all_ok(tmp_path, pg_cluster, odoo_db, monkeypatch):
     assert checks["http.health"].status == "ok" and checks["http.health"].value == "pass"
     assert checks["http.version"].value == "17.0"
     assert checks["http.login"].status == "ok" and checks["http.login"].value == 2
-    assert checks["http.response_time"].status == "ok" and checks["http.response_time"].value < 2
+    assert checks["http.response_time"].status == "ok" and checks["http.response_time"].value < 30
     assert report.status == "ok" and report.exit_code == 0
     assert "s3cret-pw" not in json.dumps(report.to_dict())
 
@@ -336,7 +338,7 @@ def test_slow_and_failing_odoo(tmp_path, pg_cluster, odoo_db):
     dbname, filestore = odoo_db
     with OdooStandin(delay=0.3) as slow, OdooStandin(health_status=503) as down:
         slow_spec = env_spec(pg_cluster, dbname, filestore, url=slow.url)
-        slow_spec["health"].update(response_time_warn=0.2, response_time_critical=5)
+        slow_spec["health"].update(response_time_warn=0.2, response_time_critical=60)
         inv = load_inventory(write_inventory(tmp_path, slow=slow_spec,
                                              down=env_spec(pg_cluster, dbname, filestore, url=down.url)))
         t = health.thresholds_for(inv.environment("slow"))
@@ -458,7 +460,7 @@ def test_health_flow_artifacts_and_failure(tmp_path, pg_cluster, odoo_db, standi
     try:
         state = health_flow(environment="gone", inventory=str(path), return_state=True)
         assert state.is_failed() and "http.health" in state.message
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 90  # event -> trigger -> action -> webhook, on a busy machine
         while not webhook.calls and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:

@@ -264,16 +264,25 @@ def test_a_restore_killed_mid_way_leaves_the_target_intact_and_is_cleaned_next_r
                              "--inventory", str(inv)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     temp_fs = staging_fs.parent / f".{staging_fs.name}.odoops-restore"
-    deadline = time.monotonic() + 60
-    while not (temp_fs.exists() and any(temp_fs.rglob("checklist"))):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-1500:]
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    from prefect.client.orchestration import get_client
+    def copy_under_way() -> bool:
+        try:
+            return temp_fs.exists() and any(temp_fs.rglob("checklist"))
+        except FileNotFoundError:  # the folder moved while being listed
+            return False
 
-    with get_client(sync_client=True) as client:  # the killed run's concurrency slot
-        client.delete_global_concurrency_limit_by_name("odoops-env-staging")
+    deadline = time.monotonic() + 90
+    try:
+        while not copy_under_way():
+            assert proc.poll() is None, proc.stderr.read().decode()[-1500:]
+            assert time.monotonic() < deadline, "fault point never reached"
+            time.sleep(0.002)
+    finally:  # killed at the fault point, and in any case (a run left alive would hold the slot)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:  # the killed run's concurrency slot
+            client.delete_global_concurrency_limit_by_name("odoops-env-staging")
     assert counts(pg_cluster, staging_db) == before and files_of(staging_fs) == files_before
     restore_flow(str(SAMPLE_ZIP), "staging", inventory=str(inv))
     assert not temp_fs.exists()

@@ -28,7 +28,7 @@ from tasks.ssh import HostKeyRejected, SSHSession
 
 def _session(sshd, **overrides) -> SSHSession:
     params = dict(host=sshd.host, port=sshd.port, user=sshd.user, key_file=sshd.key_file,
-                  known_hosts=sshd.known_hosts, timeout=5)
+                  known_hosts=sshd.known_hosts, timeout=30)
     params.update(overrides)
     return SSHSession(**params)
 
