@@ -496,14 +496,18 @@ def test_logs_flow_publishes_artifacts_and_fails_on_the_gate(prefect_harness, tm
     summary = logs_flow([log])
     assert summary["records"] == 16 and summary["levels"]["ERROR"] == 5
 
-    async def artifact_keys() -> set[str]:
+    wanted = ["logs-error-signatures", "logs-slowest-requests", "logs-http-status", "logs-summary"]
+
+    async def artifact_keys() -> set[str]:  # filtered: an unfiltered read returns only the first 200
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
         async with get_client() as client:
-            return {a.key for a in await client.read_artifacts() if a.key}
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=wanted)))
+            return {a.key for a in found}
 
     import asyncio
 
-    assert {"logs-error-signatures", "logs-slowest-requests", "logs-http-status", "logs-summary"} <= asyncio.run(
-        artifact_keys())
+    assert set(wanted) == asyncio.run(artifact_keys())
     with pytest.raises(LogGateFailed, match="5 ERROR-or-worse records remain"):
         logs_flow([log], fail_on="error")
     assert logs_flow([log], fail_on="error", ignore=["invalid manifest"])["gate"]["failed"] is False
