@@ -58,7 +58,7 @@ def _keygen(path: Path) -> None:
                    check=True, capture_output=True)
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 10) -> None:
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
