@@ -8,7 +8,9 @@ Why it is built this way:
   (``md5(key || value)`` indexes small word arrays), so it is deterministic: the same input gives the
   same output in every table and in every copy anonymized with the same key, and a different key gives
   different values. The key travels as a bound query parameter: it is never part of a query's text, a
-  log line, the report or an exception.
+  log line, the report or an exception. A table's plain secondary indexes are dropped for its UPDATE
+  and built again in the same transaction (see ``_set_aside_indexes``): maintaining them row by row
+  was most of the cost.
 * **Odoo's stored computed fields are rewritten with their sources** (``complete_name``,
   ``email_normalized``, ``phone_sanitized``, ``commercial_company_name``, ``sanitized_acc_number``,
   ``mail_message.record_name`` and ``email_from``, users' signatures), in the same statement, so
@@ -534,6 +536,35 @@ def _columns(conn: psycopg.Connection, table: str) -> dict[str, _Column]:
         "WHERE n.nspname = 'public' AND c.relname = %s AND c.relkind IN ('r', 'p') AND a.attnum > 0 "
         "AND NOT a.attisdropped", (table,)).fetchall()
     return {name: _Column(name, typ, uniq) for name, typ, uniq in rows}
+
+
+def _set_aside_indexes(conn: psycopg.Connection, table: str) -> list[str]:
+    """Drop the table's plain secondary indexes before its bulk UPDATE; return how to build them again.
+
+    Every column the anonymizer replaces sits in some index, so no update is HOT and each new row version
+    is inserted into every index one key at a time: two thirds of a bare UPDATE's time on Odoo's
+    ``res_partner``. Building each index once afterwards costs a fraction of that. Only indexes that
+    nothing else relies on are set aside (not unique, no constraint, valid, default tablespace, not the
+    CLUSTER index, no comment, no per-column statistics, nothing depending on them), and only inside
+    the UPDATE's transaction: a failure or a crash puts them back with everything else.
+    """
+    rows = conn.execute(
+        "SELECT ns.nspname, ic.relname, pg_get_indexdef(i.indexrelid) "
+        "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
+        "JOIN pg_namespace ns ON ns.oid = ic.relnamespace JOIN pg_class t ON t.oid = i.indrelid "
+        "WHERE t.relnamespace = 'public'::regnamespace AND t.relname = %s AND t.relkind = 'r' "
+        "AND NOT t.relispartition AND NOT i.indisunique AND NOT i.indisexclusion AND NOT i.indisclustered "
+        "AND i.indisvalid AND i.indisready AND i.indislive AND ic.reltablespace = 0 "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass "
+        "                AND d.refobjid = i.indexrelid) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.classoid = 'pg_class'::regclass "
+        "                AND d.objoid = i.indexrelid) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indexrelid AND a.attstattarget >= 0) "
+        "ORDER BY ic.relname", (table,)).fetchall()
+    for schema, name, _ in rows:
+        conn.execute(sql.SQL("DROP INDEX {}.{}").format(_id(schema), _id(name)))
+    return [definition for _, _, definition in rows]
 
 
 def _installed(conn: psycopg.Connection) -> set[str]:
@@ -1194,13 +1225,17 @@ def _anonymize(conn: psycopg.Connection, rules: Rules, key: str, filestore_path:
     t = time.monotonic()
     with conn.transaction():
         conn.execute("SET LOCAL synchronous_commit = off")
+        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # the indexes set aside are built in memory
         for plan in plans:
             if not plan.assignments:
                 continue
             table = plan.rule.table
             counts = counts_of[table]
             try:
+                set_aside = _set_aside_indexes(conn, table)
                 cur = conn.execute(plan.update(), plan.params.values)
+                for definition in set_aside:
+                    conn.execute(sql.SQL(definition))  # type: ignore[arg-type]  # the server's own DDL
             except psycopg.Error as exc:
                 raise _translate(exc, f"table {table}") from None
             report.rows[table] = cur.rowcount

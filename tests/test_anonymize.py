@@ -217,6 +217,45 @@ def test_twice_is_harmless(conn, odoo_db):
     assert len(logins) == len(set(logins))
 
 
+def _indexes(conn) -> dict[str, tuple[int, str]]:
+    return {name: (oid, definition) for name, oid, definition in conn.execute(
+        "SELECT c.relname, c.oid, pg_get_indexdef(c.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid IN ('res_partner'::regclass, 'mail_message'::regclass)")}
+
+
+def test_indexes_come_back_the_same_and_a_failure_keeps_them(conn):
+    """The plain indexes set aside for the bulk UPDATE are rebuilt; any index with more to it is left in place."""
+    from odoops.errors import ToolFailed
+
+    conn.execute("COMMENT ON INDEX res_partner__ref_index IS 'looked up by the EDI connector'")
+    conn.execute("ALTER TABLE res_partner CLUSTER ON res_partner__vat_index")
+    before = _indexes(conn)
+    rules = load_rules().only("res_partner", "mail_message")
+
+    conn.execute("CREATE FUNCTION odoops_test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                 "$$ BEGIN IF NEW.id = 300 THEN RAISE EXCEPTION 'row 300 is locked by a test'; END IF; "
+                 "RETURN NEW; END $$")
+    conn.execute("CREATE TRIGGER odoops_test_refuse BEFORE UPDATE ON mail_message "
+                 "FOR EACH ROW EXECUTE FUNCTION odoops_test_refuse()")
+    name_before = conn.execute("SELECT name FROM res_partner WHERE id = 16").fetchone()[0]
+    with pytest.raises(ToolFailed, match="anonymization failed on table mail_message: row 300 is locked"):
+        anonymize(conn, rules, KEY, vacuum=False, verify=False)
+    assert _indexes(conn) == before  # nothing dropped, nothing rebuilt: the whole UPDATE rolled back
+    assert conn.execute("SELECT name FROM res_partner WHERE id = 16").fetchone()[0] == name_before
+
+    conn.execute("DROP TRIGGER odoops_test_refuse ON mail_message")
+    anonymize(conn, rules, KEY, vacuum=False, verify=False)
+    after = _indexes(conn)
+    assert {n: d for n, (_, d) in after.items()} == {n: d for n, (_, d) in before.items()}
+    rebuilt = {n for n in before if after[n][0] != before[n][0]}
+    assert {"res_partner__name_index", "res_partner__complete_name_index", "mail_message__parent_id_index"} <= rebuilt
+    assert not rebuilt & {"res_partner_pkey", "res_partner__ref_index", "res_partner__vat_index"}
+    assert conn.execute("SELECT obj_description('res_partner__ref_index'::regclass, 'pg_class')") \
+        .fetchone()[0] == "looked up by the EDI connector"
+    assert conn.execute("SELECT indisclustered FROM pg_index WHERE indexrelid = 'res_partner__vat_index'::regclass") \
+        .fetchone()[0]
+
+
 def test_residue_is_reported_without_values(conn):
     """Rules that forget columns: the proof names table and column, never the value."""
     # every partner sampled: with the default 500 of 548, which chatter rows hold a sampled value is chance
