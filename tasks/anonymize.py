@@ -1225,7 +1225,9 @@ def _anonymize(conn: psycopg.Connection, rules: Rules, key: str, filestore_path:
     t = time.monotonic()
     with conn.transaction():
         conn.execute("SET LOCAL synchronous_commit = off")
-        conn.execute("SET LOCAL maintenance_work_mem = '256MB'")  # the indexes set aside are built in memory
+        # the indexes set aside are built in memory: at least 256 MB for the sorts, never less than configured
+        conn.execute("SELECT set_config('maintenance_work_mem', greatest(262144, "
+                     "pg_size_bytes(current_setting('maintenance_work_mem')) / 1024)::text || 'kB', true)")
         for plan in plans:
             if not plan.assignments:
                 continue
