@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -211,8 +212,6 @@ class DumpSet:
 
 def restore_dump(conninfo: ConnInfo, dumps: DumpSet | str | Path, jobs: int = 2) -> None:
     """pg_restore a dump (or a backup's dump set) into an existing empty database."""
-    from concurrent.futures import ThreadPoolExecutor
-
     dumps = dumps if isinstance(dumps, DumpSet) else DumpSet(Path(dumps))
     head = ["pg_restore", "--no-owner", "--exit-on-error", "--dbname", conninfo.dbname]
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="pg_restore") as pool:

@@ -17,7 +17,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from odoops.errors import ConfigError, DiskFull, StorageError
 
@@ -307,6 +307,9 @@ class S3Store(Store):
             return StorageError(f"S3 error {code} on {key}")
         return StorageError(f"S3 failure on {key}: {type(exc).__name__}")
 
+    def _missing(self, key: str) -> StorageError:
+        return StorageError(f"{key} is missing from {self.describe()}: the backup is damaged")
+
     def put_stream(self, key: str, stream: IO[bytes]) -> tuple[int, str]:
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
@@ -335,7 +338,7 @@ class S3Store(Store):
                              Config=self.transfer)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise StorageError(f"{source} is missing from {self.describe()}: the backup is damaged") from None
+                raise self._missing(source) from None
             raise self._error(exc, target) from None
         except (BotoCoreError, S3UploadFailedError) as exc:
             raise self._error(exc, target) from None
@@ -347,7 +350,7 @@ class S3Store(Store):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise StorageError(f"{key} is missing from {self.describe()}: the backup is damaged") from None
+                raise self._missing(key) from None
             raise self._error(exc, key) from None
         except BotoCoreError as exc:
             raise self._error(exc, key) from None
@@ -365,16 +368,20 @@ class S3Store(Store):
         except BotoCoreError as exc:
             raise self._error(exc, key) from None
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def _objects(self, prefix: str, what: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every object under ``prefix``, as list_objects_v2 describes it (Key, Size...)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-                for item in page.get("Contents", []):
-                    yield item["Key"][len(self.prefix):]
+                yield from page.get("Contents", [])
         except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc, prefix) from None
+            raise self._error(exc, what or prefix) from None
+
+    def list(self, prefix: str) -> Iterator[str]:
+        for item in self._objects(prefix):
+            yield item["Key"][len(self.prefix):]
 
     def delete(self, key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -393,13 +400,7 @@ class S3Store(Store):
             raise self._error(exc, key) from None
 
     def total_size(self, prefix: str = "") -> int:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return sum(item["Size"] for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._key(prefix)) for item in page.get("Contents", []))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc, prefix or "the repository") from None
+        return sum(item["Size"] for item in self._objects(prefix, prefix or "the repository"))
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError

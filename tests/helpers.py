@@ -62,3 +62,11 @@ def reload_pg_conf(cluster, timeout: float = 30) -> None:
     while loaded_at() <= before:
         assert time.monotonic() < deadline, "PostgreSQL did not reload its configuration"
         time.sleep(0.05)
+
+
+def free_environment_slot(environment: str) -> None:
+    """What an operator does after killing a run (or waits 60 s for its lease to lapse): free its slot."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(f"odoops-env-{environment}")

@@ -18,7 +18,7 @@ from odoops.errors import DiskFull, LockedError, StorageError
 from odoops.inventory import load_inventory
 from odoops.runtime import repository_for
 from tests.faulty_proxy import FaultyProxy
-from tests.helpers import host_env, write_inventory
+from tests.helpers import free_environment_slot, host_env, write_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,14 +125,6 @@ def kill_when(proc: subprocess.Popen, condition, timeout: float = 90) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         free_environment_slot("production")
-
-
-def free_environment_slot(environment: str) -> None:
-    """What an operator does after killing a run (or waits 60 s for its lease to lapse): free its slot."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        client.delete_global_concurrency_limit_by_name(f"odoops-env-{environment}")
 
 
 def parts_in_tmp(root: Path, suffix: str):

@@ -21,7 +21,7 @@ from odoops.inventory import load_inventory
 from odoops.runtime import repository_for
 from odoops.sandbox import SAMPLE_DUMP, SAMPLE_ZIP
 from tasks.postgres import ConnInfo, connect, table_row_counts
-from tests.helpers import host_env, write_inventory
+from tests.helpers import free_environment_slot, host_env, write_inventory
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,10 +279,7 @@ def test_a_restore_killed_mid_way_leaves_the_target_intact_and_is_cleaned_next_r
     finally:  # killed at the fault point, and in any case (a run left alive would hold the slot)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:  # the killed run's concurrency slot
-            client.delete_global_concurrency_limit_by_name("odoops-env-staging")
+        free_environment_slot("staging")
     assert counts(pg_cluster, staging_db) == before and files_of(staging_fs) == files_before
     restore_flow(str(SAMPLE_ZIP), "staging", inventory=str(inv))
     assert not temp_fs.exists()
