@@ -349,7 +349,7 @@ def test_memory_stays_flat_however_long_the_log():
 
 _PARALLEL = """
 import json, sys
-import tasks.logs as logs
+import tasks.logs.analyze as logs
 from tasks.logs import AnalysisOptions, analyze_sources
 
 opts = AnalysisOptions(top=5, fail_on="error", ignore=["invalid manifest"])
