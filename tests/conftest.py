@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 from odoops.sandbox import SAMPLE_ZIP, Cluster, load_sample_database, start_cluster  # noqa: E402
 from tests.helpers import copy_sample, drop_database  # noqa: E402
 
-pytest_plugins = ["tests.services_ssh", "tests.services_s3"]
+pytest_plugins = ["tests.services_ssh", "tests.services_s3", "tests.services_odoo", "tests.services_docker"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "odoops_sample_template"
