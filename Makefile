@@ -25,6 +25,7 @@ bench: setup  ## benchmarks on the large generated Odoo database (minutes; figur
 	$(UV) python bench/bench_restore.py
 	$(UV) python bench/bench_logs.py
 	$(UV) python bench/bench_anonymize.py
+	$(UV) python bench/bench_snapshot.py --reuse
 
 clean:
 	rm -rf .demo reports

@@ -15,7 +15,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from odoops.errors import RefusedError
 from odoops.platforms import platform_for
-from odoops.runtime import environment_slot, record_run, resolve
+from odoops.runtime import record_run, resolve
+from odoops.slots import environment_slot
 from tasks.postgres import connect
 
 

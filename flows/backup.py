@@ -19,7 +19,8 @@ from prefect.utilities.annotations import quote
 
 from odoops.inventory import BACKUP_KINDS
 from odoops.platforms import platform_for
-from odoops.runtime import environment_slot, progress, record_run, repository_for, resolve
+from odoops.runtime import progress, record_run, repository_for, resolve
+from odoops.slots import environment_slot
 from tasks import backup as steps
 from tasks.archive import new_backup_id, now_utc
 

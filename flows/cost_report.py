@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from odoops.sizes import measure_production_sizes
 from tasks import costs
 
 TABLE_ARTIFACT_KEY = "cost-report-totals"
@@ -76,7 +77,7 @@ def publish_cost_artifacts(report: costs.CostReport, files: dict[str, str]) -> N
 @task(name="measure-sizes", cache_policy=NO_CACHE)
 def measure_sizes(inventory: str | None) -> tuple[dict[str, float], list[str]]:
     """Database, filestore and backup repository sizes of the inventory's production environments."""
-    return costs.measure_sizes(inventory)
+    return measure_production_sizes(inventory)
 
 
 @flow(name="cost-report", log_prints=False)

@@ -3,7 +3,8 @@
 Why one flow with an ``action`` parameter: the operator picks the remediation from one deployment in
 the Prefect UI (or ``odoops incident ...``), and every action goes through the same gates in the
 same order: dry run unless ``apply``; on production, ``confirm`` must repeat the environment's name;
-an audit record for every run (refusals included). The remediations are plain functions in
+an audit record for every run (refusals included); an applied remediation holds the environment's slot
+(odoops.slots), so it never lands in the middle of a backup or restore. The remediations are plain functions in
 ``tasks/health.py``:
 
 - ``terminate-idle``: ``pg_terminate_backend`` of sessions idle in transaction > ``older_than`` s;
@@ -15,6 +16,7 @@ an audit record for every run (refusals included). The remediations are plain fu
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -26,6 +28,7 @@ from odoops.errors import ConfigError, OdoopsError, RefusedError
 from odoops.inventory import Environment, Inventory, load_inventory
 from odoops.platforms import platform_for
 from odoops.runtime import record_run
+from odoops.slots import environment_slot
 from tasks import health
 
 Action = Literal["terminate-idle", "vacuum", "slow-log", "restart"]
@@ -111,7 +114,9 @@ def incident_flow(environment: str, action: Action, apply: bool = False, confirm
     env = inv.environment(environment)
     options = {"older_than": older_than, "min_dead_ratio": min_dead_ratio, "min_dead_tuples": min_dead_tuples,
                "slow_log": slow_log, "ms": ms, "wait_seconds": wait_seconds}
-    result = run_incident(inv, env, action, apply, confirm, options, runner=action_task)
+    # An applied remediation (a restart, terminated sessions) must not land in the middle of a backup or restore.
+    with environment_slot(env.name) if apply else nullcontext():
+        result = run_incident(inv, env, action, apply, confirm, options, runner=action_task)
     create_markdown_artifact(markdown=result_markdown(result), key=artifact_key("incident", env.name),
                              description=f"{action} on {env.name}: {'applied' if apply else 'dry run'}")
     for line in result.actions:

@@ -21,7 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 from odoops.errors import ConfigError, IntegrityError, RefusedError
 from odoops.platforms import platform_for
-from odoops.runtime import environment_slot, progress, record_run, resolve
+from odoops.runtime import progress, record_run, resolve
+from odoops.slots import environment_slot
 from tasks import restore as swap
 from tasks.postgres import database_exists
 from tasks.restore_steps import (
@@ -84,7 +85,7 @@ def restore_flow(source: str, environment: str, neutralize: bool | None = None, 
                 if checks["problems"]:
                     raise IntegrityError(f"the restored copy failed its checks ({len(checks['problems'])} problems, "
                                          f"first: {checks['problems'][0]}): the target was not touched")
-                copy = make_it_a_copy(env, src, target.with_dbname(temp_db), temp_fs, neutralize, anonymize, rules)
+                copy = make_it_a_copy(platform, src, target.with_dbname(temp_db), temp_fs, neutralize, anonymize, rules)
                 stopped = platform.stop()
                 try:
                     snapshot = swap.swap_in(target, env.name, target.dbname, target_fs, temp_db, temp_fs,

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 from odoops.errors import OdoopsError
 from odoops.inventory import load_inventory
 from odoops.platforms import platform_for
+from tasks.odoo import probe_url
 from tasks.postgres import connect
-
-
-def probe_url(url: str, timeout: float = 5) -> tuple[bool, str]:
-    """GET <url>/web/health: Odoo 15+ answers {"status": "pass"} without touching the database."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/web/health", timeout=timeout) as resp:  # noqa: S310
-            body = json.loads(resp.read() or b"{}")
-            return body.get("status") == "pass", f"HTTP {resp.status} {body.get('status', '?')}"
-    except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return False, f"unreachable: {reason}"
 
 
 def check_environment(environment: str, inventory: str | None = None) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ from typing import Annotated
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Without PREFECT_API_URL each call starts a temporary server; on a busy machine that takes more than 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -88,9 +90,31 @@ def _quiet_prefect() -> None:
             handler.setLevel(logging.CRITICAL + 1)
 
 
+def _show_wait(environment: str, holder: str | None, waited: float, allowed: float) -> None:
+    """While another run holds the environment: say who at once, then a live line (every 30 s off a terminal)."""
+    first = not _waits.get(environment)
+    if first or (not err.is_terminal and waited - _waits[environment] >= 30):
+        _waits[environment] = waited or 0.001
+        err.print(f"[yellow]{environment} is busy[/]: held by {holder or 'another run (no holder record yet)'}; "
+                  f"waiting up to {allowed:.0f} s (odoops envs unlock {environment} shows it)",
+                  highlight=False, soft_wrap=True)
+    if err.is_terminal:
+        err.print(f"  waited {waited:.0f} s of {allowed:.0f} s", end="\r", highlight=False)
+
+
+_waits: dict[str, float] = {}
+
+
 @app.callback()
-def _main_options() -> None:
+def _main_options(wait: Annotated[float, typer.Option(
+        "--wait", envvar="ODOOPS_SLOT_WAIT_SECONDS", metavar="SECONDS",
+        help="How long a run waits while another run holds its environment, then fails naming the holder.")] = 300,
+) -> None:
     """Odoo operations runbook: backups, restores, logs, health and cost reports."""
+    from odoops.slots import set_wait_reporter
+
+    os.environ["ODOOPS_SLOT_WAIT_SECONDS"] = str(wait)
+    set_wait_reporter(_show_wait)
     _quiet_prefect()
 
 
@@ -141,6 +165,41 @@ def envs_check(environment: str, inventory: InventoryOpt = None, as_json: JsonOp
         console.print(table)
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
+
+
+@envs_app.command("unlock")
+def envs_unlock(environment: str, force: Annotated[bool, typer.Option(
+        "--force", help="Free the slot once its holder is gone (a live holder is always refused).")] = False,
+        inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
+    """Show who holds ENVIRONMENT (one run at a time); free a dead holder's slot with --force."""
+    from odoops import holders
+    from odoops.runtime import record_run, resolve
+    from odoops.slots import unlock
+
+    with operator_errors():
+        inv, env = resolve(environment, inventory)
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            state, freed = unlock(client, env.name, force)
+        if freed:
+            record_run(inv, "unlock", env, {"environment": env.name, "force": force}, "success",
+                       details={"freed_holder": state.holder, "why": state.liveness.reason if state.liveness else
+                                "busy without a holder record"})
+    if as_json:
+        print(json.dumps({**state.as_dict(), "freed": freed}, indent=1))
+        return
+    if not state.busy:
+        console.print(f"{env.name} is free: no run holds it")
+        return
+    who = holders.describe(state.holder) if state.holder else "a run that left no holder record"
+    why = f" ({state.liveness.reason})" if state.liveness else ""
+    if freed:
+        console.print(f"[green]freed {env.name}[/]: it was held by {who}{why}")
+    elif state.liveness is not None and not state.liveness.dead:
+        console.print(f"{env.name} is held by {who}{why}: it frees the environment when it ends")
+    else:
+        console.print(f"{env.name} is held by {who}{why}; that run is gone: free it with --force")
 
 
 # ---------------------------------------------------------------- backup
@@ -338,7 +397,8 @@ def _register_plugins() -> None:
     """Sub-commands that live in their own modules."""
     import importlib
 
-    for module in ("odoops.cli_logs", "odoops.cli_health", "odoops.cli_costs", "odoops.cli_restore"):
+    for module in ("odoops.cli_logs", "odoops.cli_health", "odoops.cli_costs", "odoops.cli_restore",
+                   "odoops.cli_upgrade"):
         try:
             importlib.import_module(module).register(app)
         except ModuleNotFoundError as exc:

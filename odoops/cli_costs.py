@@ -51,7 +51,9 @@ def cost_report(
                                       measure=measure, inventory=None if inventory is None else str(inventory))
         else:
             if measure:
-                sizes, notes = costs.measure_sizes(None if inventory is None else str(inventory))
+                from odoops.sizes import measure_production_sizes
+
+                sizes, notes = measure_production_sizes(None if inventory is None else str(inventory))
                 for note in notes:
                     typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
                 if sizes:

@@ -21,6 +21,7 @@ from typer.core import TyperCommand
 
 from odoops.errors import OdoopsError
 from odoops.inventory import inventory_path, load_inventory
+from odoops.platforms import platform_for
 from tasks.health import EXIT_ERROR
 
 INCIDENT_EXIT_ERROR = 2
@@ -86,7 +87,7 @@ def health(
                 data = exc.report
             report = h.HealthReport.from_dict(data)
         else:
-            report = h.run_health_checks(env)
+            report = h.run_health_checks(env, platform_for(env))
     except OdoopsError as exc:
         _fail(exc, EXIT_ERROR)
         return

@@ -53,13 +53,16 @@ def prefect_env(home: Path, port: int, extra: dict[str, str] | None = None) -> d
         "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
         "ODOOPS_PROJECT_DIR": str(PROJECT_DIR), "PREFECT_WORKER_QUERY_SECONDS": "2",
+        # Leases on disk: a restarted server still knows, and revokes, the slot of a run that died meanwhile.
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": os.environ.get(
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.filesystem"),
     })
     env.update(extra or {})
     return env
 
 
 def start(home: Path, port: int, extra_env: dict[str, str] | None = None, log_dir: Path | None = None,
-          worker: bool = True) -> LocalPrefect:
+          worker: bool = True, deploy: bool = True) -> LocalPrefect:
     """Server, work pool, deployments from prefect.yaml, worker; returns when the server answers."""
     home.mkdir(parents=True, exist_ok=True)
     log_dir = log_dir or home
@@ -80,6 +83,8 @@ def start(home: Path, port: int, extra_env: dict[str, str] | None = None, log_di
             local.stop()
             raise ToolFailed(f"the Prefect server did not start: see {log_dir / 'prefect-server.log'}")
         time.sleep(0.5)
+    if not deploy:
+        return local
     try:
         local.prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
         local.prefect("--no-prompt", "deploy", "--all", timeout=300)

@@ -42,6 +42,10 @@ class ToolFailed(OdoopsError):
     """An external tool (pg_dump, pg_restore, psql, odoo-bin) exited non-zero."""
 
 
+class TimedOut(ToolFailed):
+    """A command ran past its time limit and was stopped."""
+
+
 class DiskFull(OdoopsError):
     """No space left on the device holding the backups or the target."""
 
@@ -72,6 +76,12 @@ class LockedError(OdoopsError):
     """Another run holds the lock on this environment or repository."""
 
     permanent = False
+
+
+class EnvironmentBusy(LockedError):
+    """The environment's slot is held by a live run for longer than this run may wait."""
+
+    permanent = True
 
 
 def tool_error_line(stderr: bytes | str) -> str:

@@ -84,6 +84,9 @@ class Environment:
     start_command: tuple[str, ...] = ()
     health: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # A symbolic link on the Odoo host that the addons_path names: an upgrade with new code points it at
+    # the new release folder, and a rollback points it back (the previous code serves the previous data).
+    addons_link: str | None = None
 
     @property
     def is_production(self) -> bool:
@@ -212,7 +215,7 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
     where = f"environments.{name}"
     data = _mapping(data, where)
     _unknown(data, {"stage", "platform", "database", "filestore", "url", "backup", "odoo_config", "ssh", "logs",
-                    "odoo_bin", "stop_command", "start_command", "health", "extra"}, where)
+                    "odoo_bin", "stop_command", "start_command", "health", "extra", "addons_link"}, where)
     stage = _choice(data, "stage", where, STAGES)
     platform = _choice(data, "platform", where, PLATFORMS)
     if platform != "host":
@@ -279,6 +282,8 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
         stop_command=_argv(data.get("stop_command"), f"{where}.stop_command"),
         start_command=_argv(data.get("start_command"), f"{where}.start_command"),
         health=health, extra=_mapping(data.get("extra", {}), f"{where}.extra"),
+        addons_link=str(_resolve(base, _str(data, "addons_link", where, required=False)) or "") or None
+        if ssh is None else _str(data, "addons_link", where, required=False),
     )
 
 

@@ -1,20 +1,17 @@
 """What every flow needs from its surroundings: the inventory, the repository of an environment,
-one-run-per-environment limits, progress reporting and the audit record."""
+progress reporting and the audit record (one run per environment: odoops.slots)."""
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from odoops.audit import append_audit, make_record
 from odoops.inventory import Environment, Inventory, load_inventory
-from tasks.archive import Repository
-from tasks.storage import open_store
+from tasks.archive import Repository, open_repository
 
 log = logging.getLogger("odoops")
 
@@ -55,9 +52,7 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 def repository_for(inventory: Inventory, storage: str) -> Repository:
-    repo = Repository(open_store(inventory.storage(storage)))
-    repo.ensure_initialized()
-    return repo
+    return open_repository(inventory.storage(storage))
 
 
 def audit_repository(inventory: Inventory, env: Environment | None = None) -> Repository:
@@ -79,49 +74,3 @@ def record_run(inventory: Inventory, runbook: str, env: Environment | None, para
                      make_record(runbook, env.name if env else None, parameters, outcome, backup_ids, details))
     except Exception as exc:  # noqa: BLE001
         _run_logger().error("could not write the audit record: %s", exc)
-
-
-def _in_flow_run() -> bool:
-    try:
-        from prefect.context import FlowRunContext
-
-        return FlowRunContext.get() is not None
-    except Exception:  # noqa: BLE001
-        return False
-
-
-_held_slots: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("odoops_held_slots", default=frozenset())
-
-
-@contextmanager
-def environment_slot(environment: str, timeout_seconds: float = 3600) -> Iterator[None]:
-    """A Prefect global concurrency limit of 1 per environment: a second run on it waits its turn.
-
-    Re-entrant: a runbook that holds the slot may call another on the same environment (the restore of
-    production takes its pre-restore backup inside its own slot).
-    """
-    held = _held_slots.get()
-    if not _in_flow_run() or environment in held:
-        yield
-        return
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    name = f"odoops-env-{environment}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:
-                pass
-    # The slot is a lease renewed while the run lives: a killed run frees it within lease_duration.
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=60):
-        token = _held_slots.set(held | {environment})
-        try:
-            yield
-        finally:
-            _held_slots.reset(token)

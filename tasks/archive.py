@@ -7,6 +7,7 @@ folder and S3.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -24,11 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from odoops import holders
 from odoops.errors import (
     BackupNotFound,
     ConfigError,
     IntegrityError,
     LockedError,
+    OdoopsError,
     StorageError,
     tool_error_line,
 )
@@ -39,7 +42,9 @@ from tasks.storage import CHUNK, HashingReader, Store
 FORMAT_NAME = "odoops-backup-repository"
 FORMAT_VERSION = 1
 BACKUP_FORMAT = 2  # the newest manifest ``odoops.format`` this version can restore (2: database in parts)
-STALE_LOCK_SECONDS = 24 * 3600
+LOCK_HEARTBEAT_SECONDS = 60
+LOCK_STALE_SECONDS = 15 * 60  # a remote holder silent this long (15 missed heartbeats) is gone
+TAKEOVER_STALE_SECONDS = 60
 ODOO_MANIFEST_KEYS = ("odoo_dump", "db_name", "version", "version_info", "major_version", "pg_version", "modules")
 
 
@@ -229,55 +234,88 @@ class Repository:
 
     # ------------------------------------------------------------ locks
 
-    def _lock_record(self, operation: str) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "operation": operation}
+    def _is_stale(self, record: dict[str, Any], silent_for: float = LOCK_STALE_SECONDS) -> bool:
+        record = {"heartbeat": record.get("time"), **record}  # records older than heartbeats
+        return holders.liveness(record, silent_for).dead
 
-    def _is_stale(self, record: dict[str, Any]) -> bool:
-        if time.time() - float(record.get("time", 0)) > STALE_LOCK_SECONDS:
-            return True
-        if record.get("host") == socket.gethostname():
-            try:
-                os.kill(int(record["pid"]), 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-        return False
-
-    def _read_lock(self, key: str) -> dict[str, Any] | None:
+    def _read_lock(self, key: str) -> tuple[dict[str, Any], bytes] | None:
         try:
-            return json.loads(self.store.get_bytes(key))
+            raw = self.store.get_bytes(key)
+            return json.loads(raw), raw
         except (StorageError, ValueError):
             return None
 
-    def _acquire(self, key: str, operation: str, wait: float) -> None:
+    def _take_over(self, key: str, stale: bytes) -> None:
+        """Break a stale lock so that of two takers only one deletes it (docs/repository-format.md, Locks)."""
+        marker = f"locks/takeover-{hashlib.sha256(stale).hexdigest()[:16]}.json"
+        if not self.store.create_exclusive(marker, json.dumps(holders.me()).encode()):
+            found = self._read_lock(marker)
+            if found is not None and self._is_stale(found[0], TAKEOVER_STALE_SECONDS):
+                self.store.delete(marker)
+            return
+        try:
+            current = self._read_lock(key)
+            if current is not None and current[1] == stale:
+                self.store.delete(key)
+        finally:
+            self.store.delete(marker)
+
+    def _acquire(self, key: str, operation: str, wait: float) -> bytes:
         deadline = time.monotonic() + wait
         while True:
-            if self.store.create_exclusive(key, json.dumps(self._lock_record(operation)).encode()):
-                return
-            holder = self._read_lock(key)
-            if holder is not None and self._is_stale(holder):
-                self.store.delete(key)
+            record = json.dumps(holders.me(operation=operation, time=time.time())).encode()
+            if self.store.create_exclusive(key, record):
+                return record
+            found = self._read_lock(key)
+            if found is not None and self._is_stale(found[0]):
+                self._take_over(key, found[1])
                 continue
             if time.monotonic() >= deadline:
-                who = f"{holder['operation']} by pid {holder['pid']} on {holder['host']}" if holder else "another run"
-                raise LockedError(f"{key} is held ({who}): wait for it to finish, or remove the lock file if "
-                                  "that process is gone")
+                who = holders.describe(found[0]) if found else "another run"
+                raise LockedError(f"{key} is held ({who}): wait for it to finish; a lock whose process is gone is "
+                                  "taken over by the next run")
             time.sleep(0.5)
+
+    @contextmanager
+    def _kept_alive(self, held: dict[str, bytes]) -> Iterator[None]:
+        """Rewrite each held lock's heartbeat every minute, so other hosts can tell a live holder."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(LOCK_HEARTBEAT_SECONDS):
+                for key, raw in list(held.items()):
+                    try:
+                        current = self._read_lock(key)
+                        if current is None or current[1] != raw:
+                            continue  # taken over: never overwrite another holder's lock
+                        record = {**current[0], "heartbeat": time.time()}
+                        held[key] = json.dumps(record).encode()
+                        self.store.put_bytes(key, held[key])
+                    except OdoopsError:
+                        continue  # the next beat tries again
+
+        thread = threading.Thread(target=beat, daemon=True, name="odoops-lock-heartbeat")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     @contextmanager
     def environment_lock(self, environment: str, operation: str, wait: float = 0) -> Iterator[None]:
         """One backup/restore per environment at a time, plus a shared hold that keeps prune away."""
         env_key = f"locks/env-{environment}.json"
         shared_key = f"locks/shared-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}.json"
-        self._acquire(env_key, operation, wait)
+        held = {env_key: self._acquire(env_key, operation, wait)}
         try:
-            self._acquire(shared_key, operation, 0)
+            held[shared_key] = self._acquire(shared_key, operation, 0)
             try:
                 exclusive = self._read_lock("locks/repository.json")
-                if exclusive is not None and not self._is_stale(exclusive):
+                if exclusive is not None and not self._is_stale(exclusive[0]):
                     raise LockedError("the repository is being pruned: run the backup again in a minute")
-                yield
+                with self._kept_alive(held):
+                    yield
             finally:
                 self.store.delete(shared_key)
         finally:
@@ -287,17 +325,18 @@ class Repository:
     def exclusive_lock(self, operation: str) -> Iterator[None]:
         """Held by prune: no backup may be adding objects meanwhile."""
         key = "locks/repository.json"
-        self._acquire(key, operation, 0)
+        held = {key: self._acquire(key, operation, 0)}
         try:
             for lock_key in self.store.list("locks/"):
                 if lock_key.rsplit("/", 1)[1].startswith("shared-"):
-                    holder = self._read_lock(lock_key)
-                    if holder is not None and self._is_stale(holder):
-                        self.store.delete(lock_key)
-                    elif holder is not None:
-                        raise LockedError(f"a {holder['operation']} is running (pid {holder['pid']} on "
-                                          f"{holder['host']}): prune again when it has finished")
-            yield
+                    found = self._read_lock(lock_key)
+                    if found is not None and self._is_stale(found[0]):
+                        self._take_over(lock_key, found[1])
+                    elif found is not None:
+                        raise LockedError(f"a {holders.describe(found[0])} is running: prune again when it has "
+                                          "finished")
+            with self._kept_alive(held):
+                yield
         finally:
             self.store.delete(key)
 
@@ -440,3 +479,12 @@ def odoo_manifest(db_name: str, modules: dict[str, str], server_version_num: int
     pg_major, pg_minor = divmod(server_version_num / 100, 100)
     return {"odoo_dump": "1", "db_name": db_name, "version": major, "version_info": version_info,
             "major_version": major, "pg_version": f"{int(pg_major)}.{int(pg_minor)}", "modules": modules}
+
+
+def open_repository(storage: Any) -> Repository:
+    """The repository in one storage of the inventory, created on first use."""
+    from tasks.storage import open_store
+
+    repo = Repository(open_store(storage))
+    repo.ensure_initialized()
+    return repo

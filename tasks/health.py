@@ -552,12 +552,9 @@ def container_check(platform: Platform, t: Thresholds) -> CheckResult:
                        f"cpu {cpu:.0%}, memory {mem:.0%} of limit", [dict(stats)])
 
 
-def run_health_checks(env: Environment, platform: Platform | None = None) -> HealthReport:
+def run_health_checks(env: Environment, platform: Platform) -> HealthReport:
     """Every check of one environment, without Prefect (what the flow's tasks do one by one)."""
-    from odoops.platforms import platform_for
-
     t = thresholds_for(env)
-    platform = platform or platform_for(env)
     checks = http_checks(env, t)
     try:
         with platform.database() as conninfo:

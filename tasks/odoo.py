@@ -15,12 +15,18 @@ The secret is never returned, logged or put in an exception.
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 
+from odoops.platforms.base import Platform
 from tasks.postgres import installed_modules
 
 log = logging.getLogger(__name__)
@@ -79,10 +85,18 @@ STEPS: tuple[Step, ...] = (
     Step("mail", "deactivate incoming mail servers",
          (("fetchmail_server", ("active",)),),
          "UPDATE fetchmail_server SET active = false WHERE active IS DISTINCT FROM false"),
-    Step("mail", "delete the web-push VAPID keys",
+    Step("mail", "delete the web-push VAPID keys and the SFU server key",
          (("ir_config_parameter", ("key",)),),
-         "DELETE FROM ir_config_parameter "
-         "WHERE key IN ('mail.web_push_vapid_private_key', 'mail.web_push_vapid_public_key')"),
+         "DELETE FROM ir_config_parameter WHERE key IN "
+         "('mail.web_push_vapid_private_key', 'mail.web_push_vapid_public_key', 'mail.sfu_server_key')"),
+    # Odoo 17+: TRUNCATE mail_notification_web_push; TRUNCATE mail_partner_device CASCADE. DELETE does the
+    # same here (the notifications' device FK cascades) and counts the rows.
+    Step("mail", "delete queued web-push notifications",
+         (("mail_notification_web_push", ("id",)),),
+         "DELETE FROM mail_notification_web_push"),
+    Step("mail", "delete the partners' web-push devices (real phones and browsers of production users)",
+         (("mail_partner_device", ("id",)),),
+         "DELETE FROM mail_partner_device"),
     Step("fetchmail", "deactivate incoming mail servers",
          (("fetchmail_server", ("active",)),),
          "UPDATE fetchmail_server SET active = false WHERE active IS DISTINCT FROM false"),
@@ -232,6 +246,10 @@ def verify_neutralized(conn: psycopg.Connection) -> list[str]:
         n = conn.execute("SELECT count(*) FROM fetchmail_server WHERE active").fetchone()[0]
         if n:
             problems.append(f"{n} incoming mail server(s) are active: run the neutralization")
+    if table_columns(conn, "mail_partner_device"):
+        n = conn.execute("SELECT count(*) FROM mail_partner_device").fetchone()[0]
+        if n:
+            problems.append(f"{n} web-push device(s) of production users remain: run the neutralization")
     if table_columns(conn, "iap_account") >= {"account_token"}:
         n = conn.execute("SELECT count(*) FROM iap_account WHERE account_token IS NOT NULL "
                          "AND account_token NOT LIKE '%+disabled'").fetchone()[0]
@@ -278,3 +296,89 @@ def refresh_copy_identity(conn: psycopg.Connection, base_url: str | None = None)
             _set_param(conn, "web.base.url", base_url.rstrip("/"))
     log.info("copy identity refreshed: new database.uuid %s, new database.secret", new_uuid)
     return CopyIdentity(uuid=new_uuid, base_url=base_url.rstrip("/") if base_url else None)
+
+
+def probe_url(url: str, timeout: float = 5) -> tuple[bool, str]:
+    """GET <url>/web/health: Odoo 15+ answers {"status": "pass"} without touching the database."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/web/health", timeout=timeout) as resp:  # noqa: S310
+            body = json.loads(resp.read() or b"{}")
+            return body.get("status") == "pass", f"HTTP {resp.status} {body.get('status', '?')}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"unreachable: {reason}"
+
+
+# ---------------------------------------------------------------- module updates
+
+TRANSIENT_STATES = ("to upgrade", "to install", "to remove")
+
+
+def module_states(conn: psycopg.Connection) -> dict[str, tuple[str, str | None]]:
+    """name -> (state, latest_version) of every module Odoo knows."""
+    return {name: (state, version) for name, state, version in
+            conn.execute("SELECT name, state, latest_version FROM ir_module_module ORDER BY name")}
+
+
+def check_update_request(conn: psycopg.Connection, modules: list[str] | None) -> list[str]:
+    """What blocks a module update run, one line each (empty: go). ``None`` means every module (-u all)."""
+    states = module_states(conn)
+    problems = [f"module {name} is '{state}': finish or cancel that operation in Odoo first (Apps)"
+                for name, (state, _) in states.items() if state in TRANSIENT_STATES]
+    for name in modules or []:
+        if name not in states:
+            problems.append(f"unknown module {name!r}: Odoo has no such module in this database (check the name)")
+        elif states[name][0] != "installed":
+            problems.append(f"module {name} is '{states[name][0]}', not installed: an update run only updates "
+                            "installed modules (install it from Apps, or with odoo-bin -i)")
+    return problems
+
+
+@dataclass
+class UpdateRun:
+    """One ``odoo-bin -u … --stop-after-init`` and what its log says."""
+
+    argv: list[str]
+    seconds: float
+    returncode: int | None
+    timed_out: bool
+    errors: list[dict]  # error signatures from the project's log analyzer (count, level, signature)
+    log: str  # the path of the update's own log file
+
+    @property
+    def failure(self) -> str | None:
+        """Why the update failed, in one line, or None."""
+        first = f"; first error: {self.errors[0]['signature']}" if self.errors else ""
+        if self.timed_out:
+            return f"the update did not finish within its time limit and was stopped{first}"
+        if self.returncode:
+            return f"odoo-bin exited {self.returncode}{first}"
+        if self.errors:
+            return f"the update logged {sum(e['count'] for e in self.errors)} error(s){first}"
+        return None
+
+
+def update_modules(platform: Platform, dbname: str, modules: list[str] | None, timeout: float, logfile: Path,
+                   on_start: Callable[[int], None] | None = None) -> UpdateRun:
+    """Run the update in a one-off Odoo process with the environment's config; never raises for its outcome."""
+    import time
+
+    from odoops.errors import TimedOut
+    from tasks.logs import analyze_stream
+
+    argv = ["-d", dbname, "-u", ",".join(modules) if modules else "all", "--stop-after-init", "--no-http",
+            "--logfile", str(logfile)]
+    started = time.monotonic()
+    timed_out, returncode = False, None
+    try:
+        returncode = platform.run_odoo(argv, check=False, timeout=timeout, on_start=on_start).returncode
+    except TimedOut:
+        timed_out = True
+    errors: list[dict] = []
+    if logfile.exists():
+        with open(logfile, "rb") as log_stream:
+            summary = analyze_stream(log_stream, name="update.log")
+        errors = [{k: e[k] for k in ("signature", "count", "level")} for e in summary["errors"]["signatures"]]
+    return UpdateRun(argv, round(time.monotonic() - started, 2), returncode, timed_out, errors, str(logfile))

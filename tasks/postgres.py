@@ -7,22 +7,19 @@ is checked and its own error line surfaced (click-odoo-backupdb ignores pg_dump'
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from odoops.errors import (
     AuthenticationFailed,
-    ConfigError,
     ConnectionFailed,
     DiskFull,
     OdoopsError,
@@ -30,52 +27,7 @@ from odoops.errors import (
     ToolFailed,
     tool_error_line,
 )
-
-_LIBPQ_ENV = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE",
-              "sslmode": "PGSSLMODE", "service": "PGSERVICE", "passfile": "PGPASSFILE",
-              "sslrootcert": "PGSSLROOTCERT", "connect_timeout": "PGCONNECT_TIMEOUT"}
-
-
-@dataclass(frozen=True)
-class ConnInfo:
-    """libpq parameters of one database; ``password`` is kept out of ``repr``."""
-
-    params: dict[str, str]
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_dsn(cls, dsn: str, password: str | None = None) -> ConnInfo:
-        try:
-            params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
-        except psycopg.ProgrammingError:
-            raise ConfigError("database dsn is not a valid PostgreSQL connection string: "
-                              "write postgresql://user@host:port/dbname") from None
-        if "dbname" not in params:
-            raise ConfigError("database dsn names no database: end it with /dbname")
-        params.pop("password", None)
-        return cls(params=params, password=password)
-
-    @property
-    def dbname(self) -> str:
-        return self.params["dbname"]
-
-    def with_dbname(self, dbname: str) -> ConnInfo:
-        return replace(self, params={**self.params, "dbname": dbname})
-
-    def env(self) -> dict[str, str]:
-        """Environment for libpq client tools (inherits PGPASSWORD/PGPASSFILE when no password is set)."""
-        env = dict(os.environ)
-        for key, value in self.params.items():
-            if key in _LIBPQ_ENV:
-                env[_LIBPQ_ENV[key]] = value
-        if self.password is not None:
-            env["PGPASSWORD"] = self.password
-        env.setdefault("PGCONNECT_TIMEOUT", "10")
-        return env
-
-    def describe(self) -> str:
-        """host:port/dbname, safe for messages."""
-        return f"{self.params.get('host', 'localhost')}:{self.params.get('port', '5432')}/{self.dbname}"
+from odoops.platforms.base import ConnInfo
 
 
 def _translate(exc: psycopg.Error, conninfo: ConnInfo) -> OdoopsError:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -167,7 +167,14 @@ def list_snapshots(server: ConnInfo, environment: str) -> list[Snapshot]:
     return sorted(snapshots, key=lambda s: s.at, reverse=True)
 
 
-def drop_snapshot(server: ConnInfo, snapshot: Snapshot) -> None:
+class Kept(Protocol):
+    """A state kept beside its environment under reserved names (a pre-restore or a rollback snapshot)."""
+
+    database: str
+    filestore: str | None
+
+
+def drop_snapshot(server: ConnInfo, snapshot: Kept) -> None:
     with connect(server.with_dbname("postgres")) as conn:
         comment = _comment(conn, snapshot.database)
         if comment is None or not comment.startswith(MARK):

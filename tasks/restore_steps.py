@@ -14,6 +14,7 @@ from typing import Any
 
 from odoops.errors import BackupNotFound, RefusedError
 from odoops.inventory import Environment, Inventory
+from odoops.platforms.base import Platform
 from tasks import odoo_archive
 from tasks.filestore import check_attachments, materialize
 from tasks.odoo_archive import RestoreSource
@@ -66,12 +67,12 @@ def confirm_production(env: Environment, confirm: str | None, timeout: int = 360
 @contextmanager
 def open_source(inventory: Inventory, spec: str) -> Iterator[RestoreSource]:
     """A catalog backup id (any storage of the inventory) or an Odoo archive file / s3:// URL."""
-    from odoops.runtime import repository_for
+    from tasks.archive import open_repository
 
     looks_like_file = spec.startswith("s3://") or "/" in spec or spec.endswith((".zip", ".dump"))
     if not looks_like_file:
         for name in inventory.storages:
-            repo = repository_for(inventory, name)
+            repo = open_repository(inventory.storage(name))
             if repo.store.exists(f"backups/{spec}/manifest.json"):
                 manifest = repo.manifest(spec)
                 source = RestoreSource(description=spec, kind="catalog", manifest=manifest, backup_id=spec,
@@ -153,21 +154,19 @@ def verify_restored(conninfo: ConnInfo, source: RestoreSource, folder: Path,
     return {"problems": problems, "summary": summary}
 
 
-def make_it_a_copy(env: Environment, source: RestoreSource, conninfo: ConnInfo, folder: Path,
+def make_it_a_copy(platform: Platform, source: RestoreSource, conninfo: ConnInfo, folder: Path,
                    neutralize: bool | None, anonymize: bool, rules: str | None) -> dict[str, Any]:
     """Neutralize (default for any non-production target), fresh identity, optional anonymization."""
     from tasks import odoo
 
+    env = platform.env
     if neutralize is None:
         neutralize = not env.is_production
     result: dict[str, Any] = {"neutralized": False, "anonymized": False, "summary": {}}
     with connect(conninfo) as conn:
         if neutralize:
             if env.odoo_bin:
-                from odoops.platforms import platform_for
-
-                with platform_for(env) as platform:
-                    platform.run_odoo(["neutralize", "-d", conninfo.dbname])
+                platform.run_odoo(["neutralize", "-d", conninfo.dbname])
                 result["summary"]["neutralized_by"] = "odoo-bin neutralize"
             else:
                 report = odoo.neutralize(conn)
@@ -196,7 +195,7 @@ def make_it_a_copy(env: Environment, source: RestoreSource, conninfo: ConnInfo, 
 def post_checks(env: Environment, target: ConnInfo) -> dict[str, Any]:
     """After the swap: the database answers under its name and, with a URL, Odoo answers /web/health and
     (when ``health.login`` is configured) a real XML-RPC login succeeds."""
-    from odoops.checks import probe_url
+    from tasks.odoo import probe_url
 
     checks: dict[str, Any] = {}
     with connect(target) as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -64,9 +65,59 @@ def reload_pg_conf(cluster, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def free_environment_slot(environment: str) -> None:
-    """What an operator does after killing a run (or waits 60 s for its lease to lapse): free its slot."""
-    from prefect.client.orchestration import get_client
+def grow(pg_cluster, dbname: str, filestore: Path) -> None:
+    """Make the dump and the filestore copy last long enough to be killed in the middle."""
+    import psycopg
 
-    with get_client(sync_client=True) as client:
-        client.delete_global_concurrency_limit_by_name(f"odoops-env-{environment}")
+    with psycopg.connect(pg_cluster.dsn(dbname), autocommit=True) as conn:
+        conn.execute("CREATE TABLE x_bulk AS SELECT g AS id, md5(g::text) || repeat(md5(random()::text), 8) AS t "
+                     "FROM generate_series(1, 400000) g")
+    for i in range(150):
+        (filestore / "yy").mkdir(exist_ok=True)
+        (filestore / "yy" / f"{i:040d}").write_bytes(os.urandom(256 * 1024))
+
+
+def parts_in_tmp(root: Path, suffix: str):
+    """A half-written file is in the repository's tmp/ (it may be renamed away while we look)."""
+
+    def _written(path: Path) -> bool:
+        try:
+            return path.suffix == suffix and path.stat().st_size > 0
+        except FileNotFoundError:  # published (renamed) between listing and stat
+            return False
+
+    return lambda: (root / "tmp").exists() and any(_written(p) for p in (root / "tmp").glob("*"))
+
+
+def kill_group(proc) -> None:
+    """SIGKILL a process and everything it started (an OOM kill, a reboot, a kill -9 of a stuck job)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def table_checksums(cluster, dbname: str) -> dict[str, str]:
+    """md5 of every table's rows, in a stable order."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(cluster.dsn(dbname)) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(relname) FROM pg_stat_user_tables ORDER BY 1")]
+        out = {}
+        for table in tables:
+            query = sql.SQL("SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {} t").format(
+                sql.SQL(table))
+            out[table] = conn.execute(query).fetchone()[0]
+        return out
+
+
+def file_sha1s(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

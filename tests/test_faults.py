@@ -4,21 +4,19 @@ at once. Each must lose nothing and never list a half-written backup."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import boto3
-import psycopg
 import pytest
 
 from odoops.errors import DiskFull, LockedError, StorageError
 from odoops.inventory import load_inventory
 from odoops.runtime import repository_for
 from tests.faulty_proxy import FaultyProxy
-from tests.helpers import free_environment_slot, host_env, write_inventory
+from tests.helpers import grow, host_env, kill_group, parts_in_tmp, write_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,27 +92,20 @@ def test_s3_that_keeps_failing_lists_nothing_and_prune_cleans(tmp_path, pg_clust
     assert not boto3.client("s3", endpoint_url=endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
-def grow(pg_cluster, dbname: str, filestore: Path) -> None:
-    """Make the dump and the filestore copy last long enough to be killed in the middle."""
-    with psycopg.connect(pg_cluster.dsn(dbname), autocommit=True) as conn:
-        conn.execute("CREATE TABLE x_bulk AS SELECT g AS id, md5(g::text) || repeat(md5(random()::text), 8) AS t "
-                     "FROM generate_series(1, 400000) g")
-    for i in range(150):
-        (filestore / "yy").mkdir(exist_ok=True)
-        (filestore / "yy" / f"{i:040d}").write_bytes(os.urandom(256 * 1024))
-
-
 def start_backup_cli(inv: Path, tmp_path: Path) -> subprocess.Popen:
-    """The CLI in its own process (so it can be killed), reporting to the session's Prefect server."""
+    """The CLI in its own process group (so all of it can be killed), on the session's Prefect server."""
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     return subprocess.Popen([sys.executable, "-m", "odoops", "backup", "production", "--inventory", str(inv)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def kill_when(proc: subprocess.Popen, condition, timeout: float = 90) -> None:
-    """SIGKILL the run at the fault point (and in any case: a run left alive would hold the slot)."""
+    """SIGKILL the whole run at the fault point (and in any case, so no test leaves it running).
+
+    Nobody frees its environment afterwards: the next run must find the dead holder itself.
+    """
     deadline = time.monotonic() + timeout
     try:
         while not condition():
@@ -122,21 +113,7 @@ def kill_when(proc: subprocess.Popen, condition, timeout: float = 90) -> None:
             assert time.monotonic() < deadline, "fault point never reached"
             time.sleep(0.002)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        free_environment_slot("production")
-
-
-def parts_in_tmp(root: Path, suffix: str):
-    """A half-written file is in the repository's tmp/ (it may be renamed away while we look)."""
-
-    def _written(path: Path) -> bool:
-        try:
-            return path.suffix == suffix and path.stat().st_size > 0
-        except FileNotFoundError:  # published (renamed) between listing and stat
-            return False
-
-    return lambda: (root / "tmp").exists() and any(_written(p) for p in (root / "tmp").glob("*"))
+        kill_group(proc)
 
 
 @pytest.mark.parametrize("moment", ["dump", "filestore"])
@@ -211,10 +188,10 @@ def test_two_backups_of_one_environment_never_run_together(tmp_path, pg_cluster,
     inv = write_inventory(tmp_path / "inv.yaml", {"production": host_env(pg_cluster, dbname, filestore)})
     repo = repository_for(load_inventory(inv), "local")
     with repo.environment_lock("production", "backup"):
-        with pytest.raises(LockedError, match="locks/env-production.json is held .*backup by pid"):
+        with pytest.raises(LockedError, match=r"locks/env-production.json is held \(backup on .*, pid \d+, since "):
             with repo.environment_lock("production", "backup"):
                 pass
-        with pytest.raises(LockedError, match="a backup is running .*prune again when it has finished"):
+        with pytest.raises(LockedError, match=r"a backup on .*, pid \d+, since .* is running: prune again when it has finished"):
             with repo.exclusive_lock("prune"):
                 pass
     with repo.environment_lock("production", "backup"):  # released: free again

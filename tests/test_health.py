@@ -149,7 +149,7 @@ def sessions(pg_cluster, odoo_db):
 def test_postgres_checks_see_exactly_the_real_sessions(tmp_path, pg_cluster, odoo_db, sessions):
     dbname, filestore = odoo_db
     inv = load_inventory(write_inventory(tmp_path, dev=env_spec(pg_cluster, dbname, filestore)))
-    report = health.run_health_checks(inv.environment("dev"))
+    report = health.run_health_checks(inv.environment("dev"), platform_for(inv.environment("dev")))
     checks = by_name(report)
 
     assert checks["pg.connection"].status == "ok"
@@ -252,7 +252,7 @@ def test_vacuum_removes_dead_tuples(tmp_path, pg_cluster, odoo_db):
 
         inv = load_inventory(write_inventory(tmp_path, dev=env_spec(pg_cluster, dbname, filestore)))
         env = inv.environment("dev")
-        check = by_name(health.run_health_checks(env))["pg.dead_tuples"]
+        check = by_name(health.run_health_checks(env, platform_for(env)))["pg.dead_tuples"]
         assert check.status == "warn" and check.items[0]["table"] == table and check.items[0]["ratio"] == 0.8
 
         dry = run_incident(inv, env, "vacuum", False, None, OPTIONS)
@@ -263,7 +263,7 @@ def test_vacuum_removes_dead_tuples(tmp_path, pg_cluster, odoo_db):
 
         done = run_incident(inv, env, "vacuum", True, None, OPTIONS)
         assert done.targets[0]["dead_after"] == 0 and _dead_tuples(conn, table) == 0
-        assert by_name(health.run_health_checks(env))["pg.dead_tuples"].status == "ok"
+        assert by_name(health.run_health_checks(env, platform_for(env)))["pg.dead_tuples"].status == "ok"
 
 
 def test_slow_log_on_and_off(tmp_path, pg_cluster, odoo_db):
@@ -322,7 +322,7 @@ def test_standin_odoo_all_ok(tmp_path, pg_cluster, odoo_db, monkeypatch):
         spec["health"].update(login="admin", login_password_env="ODOO_HEALTH_PASSWORD", expected_version="17.0",
                               response_time_warn=30, response_time_critical=60)  # a busy machine is no slow Odoo
         inv = load_inventory(write_inventory(tmp_path, dev=spec))
-        report = health.run_health_checks(inv.environment("dev"))
+        report = health.run_health_checks(inv.environment("dev"), platform_for(inv.environment("dev")))
         assert ("POST", "/web/webclient/version_info") in odoo.requests
         assert xmlrpc.client.ServerProxy(f"{odoo.url}/xmlrpc/2/common").version()["server_serie"] == "17.0"
     checks = by_name(report)
@@ -355,7 +355,7 @@ def test_unreachable_database_and_url_are_critical_not_crashes(tmp_path, pg_clus
     spec = env_spec(pg_cluster, dbname, filestore, url=f"http://user:hunter2@127.0.0.1:{free_port()}")
     spec["database"]["dsn"] = f"postgresql://postgres@127.0.0.1:{closed}/{dbname}"
     inv = load_inventory(write_inventory(tmp_path, gone=spec))
-    report = health.run_health_checks(inv.environment("gone"))
+    report = health.run_health_checks(inv.environment("gone"), platform_for(inv.environment("gone")))
     checks = by_name(report)
     assert checks["pg.connection"].status == "critical" and "unreachable" in checks["pg.connection"].detail
     assert all(checks[n].status == "skipped" for n in health.PG_CHECK_NAMES)

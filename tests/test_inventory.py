@@ -98,3 +98,13 @@ def test_commands_must_be_argument_lists_not_shell_strings(tmp_path):
     text = GOOD.replace("    url: http", "    stop_command: systemctl stop odoo; rm -rf /\n    url: http")
     with pytest.raises(ConfigError, match="must be a list of arguments"):
         load_inventory(write(tmp_path, text))
+
+
+def test_odoo_sub_commands_come_before_the_inventorys_options():
+    from odoops.platforms.base import odoo_command
+
+    conf = ["/opt/odoo/odoo-bin", "-c", "/etc/odoo/odoo.conf"]
+    assert odoo_command(conf, ["neutralize", "-d", "db"]) == \
+        ["/opt/odoo/odoo-bin", "neutralize", "-c", "/etc/odoo/odoo.conf", "-d", "db"]
+    assert odoo_command(conf, ["-u", "mail", "--stop-after-init"]) == [*conf, "-u", "mail", "--stop-after-init"]
+    assert odoo_command(["python3", "odoo-bin"], ["shell", "-d", "db"]) == ["python3", "odoo-bin", "shell", "-d", "db"]

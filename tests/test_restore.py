@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from odoops.inventory import load_inventory
 from odoops.runtime import repository_for
 from odoops.sandbox import SAMPLE_DUMP, SAMPLE_ZIP
 from tasks.postgres import ConnInfo, connect, table_row_counts
-from tests.helpers import free_environment_slot, host_env, write_inventory
+from tests.helpers import host_env, kill_group, write_inventory
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,7 +261,7 @@ def test_a_restore_killed_mid_way_leaves_the_target_intact_and_is_cleaned_next_r
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.Popen([sys.executable, "-m", "odoops", "restore", str(SAMPLE_ZIP), "--to", "staging",
                              "--inventory", str(inv)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, start_new_session=True)
     temp_fs = staging_fs.parent / f".{staging_fs.name}.odoops-restore"
     def copy_under_way() -> bool:
         try:
@@ -276,10 +275,8 @@ def test_a_restore_killed_mid_way_leaves_the_target_intact_and_is_cleaned_next_r
             assert proc.poll() is None, proc.stderr.read().decode()[-1500:]
             assert time.monotonic() < deadline, "fault point never reached"
             time.sleep(0.002)
-    finally:  # killed at the fault point, and in any case (a run left alive would hold the slot)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        free_environment_slot("staging")
+    finally:  # killed at the fault point, and in any case; nobody frees its slot: the next run must
+        kill_group(proc)
     assert counts(pg_cluster, staging_db) == before and files_of(staging_fs) == files_before
     restore_flow(str(SAMPLE_ZIP), "staging", inventory=str(inv))
     assert not temp_fs.exists()

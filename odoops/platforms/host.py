@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from odoops.errors import ConfigError, ToolFailed, tool_error_line
+from odoops.errors import ConfigError, TimedOut, ToolFailed, tool_error_line
 from odoops.platforms.base import FilestoreEntry, Platform
 
 
@@ -48,11 +49,36 @@ class HostPlatform(Platform):
             raise ConfigError(f"environment {self.env.name}: odoo_config {path} not found: fix or remove 'odoo_config:'")
         return path.read_text(errors="replace")
 
-    def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, argv: list[str], check: bool = True, timeout: float | None = None,
+            on_start: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:
         try:
-            result = subprocess.run(argv, capture_output=True)
+            # its own session: at a time limit the whole tree is killed, and a SIGKILL of odoops does not
+            # kill it silently (the journal names its pid, so the next run can)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
         except FileNotFoundError:
             raise ToolFailed(f"{argv[0]}: command not found on this host: check the environment's commands") from None
+        if on_start is not None:
+            on_start(proc.pid)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_process_group(proc.pid)
+            proc.communicate()
+            raise TimedOut(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s and was stopped "
+                           "(it and every process it started)") from None
+        except BaseException:
+            kill_process_group(proc.pid)
+            raise
+        result = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
         if check and result.returncode != 0:
             raise ToolFailed(f"{Path(argv[0]).name} exited {result.returncode}: {tool_error_line(result.stderr)}")
         return result
+
+
+def kill_process_group(pid: int) -> None:
+    """SIGKILL a process group (a command run by :meth:`HostPlatform.run` leads its own)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import posixpath
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
 from odoops.errors import ConfigError, RefusedError
 from odoops.inventory import Environment
-from odoops.platforms.base import FilestoreEntry, Platform
-from tasks.postgres import ConnInfo
+from odoops.platforms.base import ConnInfo, FilestoreEntry, Platform
 from tasks.ssh import SSHSession, session_for
 
 DEFAULT_DB_HOST = "127.0.0.1"
@@ -93,7 +92,11 @@ class SSHHostPlatform(Platform):
                               "fix or remove 'odoo_config:'")
         return self.session.read_bytes(path).decode("utf-8", "replace")
 
-    def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, argv: list[str], check: bool = True, timeout: float | None = None,
+            on_start: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:
+        if timeout is not None or on_start is not None:
+            raise ConfigError(f"environment {self.env.name}: time-limited commands over SSH are not supported "
+                              "yet: run odoops on that host")
         result = self.session.run(list(argv), check=check)
         return subprocess.CompletedProcess(list(argv), result.exit_code, result.stdout, result.stderr)
 

@@ -1,0 +1,42 @@
+"""``odoops upgrade``: module update runs with automatic rollback (flows/upgrade.py)."""
+
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    from odoops.cli import InventoryOpt, JsonOpt, console, fail, operator_errors
+
+    @app.command("upgrade")
+    def upgrade(environment: str,
+                modules: Annotated[str | None, typer.Option("--modules", "-m", metavar="A,B",
+                                   help="Installed modules to update (odoo-bin -u A,B).")] = None,
+                all_modules: Annotated[bool, typer.Option("--all", help="Update every module (-u all).")] = False,
+                code: Annotated[str | None, typer.Option("--code", metavar="DIR", help="The new release folder: "
+                                "the environment's addons_link is pointed at it, and back on rollback.")] = None,
+                timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", help="Time limit of the "
+                                   "update; past it the update is stopped and rolled back.")] = 1800,
+                confirm: Annotated[str | None, typer.Option("--confirm", help="Name of a production target.")] = None,
+                resume_rollback: Annotated[bool, typer.Option("--resume-rollback", help="Put back the snapshot of "
+                                           "an upgrade whose run was killed.")] = False,
+                inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
+        """Update modules of ENVIRONMENT; on any failure the exact previous state is put back by itself."""
+        import json
+
+        names = [m.strip() for m in modules.split(",") if m.strip()] if modules else None
+        if not resume_rollback and bool(names) == all_modules:
+            fail("name the modules to update (--modules a,b) or update them all (--all)")
+        with operator_errors():
+            from flows.upgrade import upgrade_flow
+
+            result = upgrade_flow(environment, modules=names, all_modules=all_modules, code=code, timeout_seconds=timeout,
+                                  confirm=confirm, resume_rollback=resume_rollback, inventory=inventory)
+        if as_json:
+            print(json.dumps(result, indent=1, default=str))
+        elif resume_rollback:
+            console.print(f"[green]{environment} is back[/] to its state before the interrupted {result['reason']}")
+        else:
+            changed = ", ".join(f"{m} {a} → {b}" for m, (a, b) in result["versions"].items() if a != b) or "none"
+            console.print(f"[green]{environment} updated[/] in {sum(result['phases'].values()):.0f} s; versions "
+                          f"changed: {changed}; snapshot {result['snapshot']} kept for a manual rollback")

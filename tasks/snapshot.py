@@ -1,0 +1,191 @@
+"""Snapshots for rollback: the exact state of an environment, taken in seconds, put back by renames.
+
+Before a risky change (a module update, an upgrade, a deploy) with Odoo stopped:
+
+- the database is copied with ``CREATE DATABASE <target>__odoops_snap_<time> TEMPLATE <target> STRATEGY
+  FILE_COPY``: PostgreSQL copies the data files as they are, so every table's rows (and every byte of them)
+  are the same, in seconds for a GB, without dumping anything;
+- the filestore is copied as hard links into a hidden sibling folder ``.<db>.odoops-snap-<time>``: Odoo
+  never rewrites a filestore file in place (a new content is a new sha1, a new file; garbage collection
+  deletes), so a link keeps the old file whatever the change does to the live folder.
+
+Putting it back renames the changed database and folder aside (``…__odoops_failed_<time>``), renames the
+snapshot into place, and drops what was set aside once the swap succeeded. Every database odoops
+creates carries its ``COMMENT ON DATABASE 'odoops:{…}'`` mark (tasks/restore.py); the snapshot's mark is
+also the journal of the change in progress: ``"state": "in-progress"`` until the change is confirmed,
+so a run killed half-way is found by the next one (``--resume-rollback``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from odoops.errors import DiskFull, RefusedError
+from tasks.postgres import ConnInfo, connect
+from tasks.restore import MARK, drop_snapshot, owned_name, sibling_folder
+from tasks.restore import _comment as database_mark
+from tasks.restore import _rename as rename_database
+from tasks.restore import _set_comment as set_database_mark
+from tasks.restore import _terminate as terminate_sessions
+
+SNAPSHOT_KIND = "rollback-snapshot"
+KEPT = 2  # confirmed snapshots kept per environment; in-progress ones are never dropped automatically
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state of one environment before a change: its database and filestore under reserved names."""
+
+    environment: str
+    target: str  # the environment's database name
+    database: str
+    filestore: str | None
+    target_filestore: str | None
+    at: str
+    reason: str  # e.g. "upgrade -u acme_custom"
+    state: str  # "in-progress" (the change is running or was interrupted) or "kept"
+    files: int = 0
+    target_comment: str | None = None  # the database's own COMMENT, which a TEMPLATE copy does not carry
+    process: dict[str, Any] | None = None  # the change's own process (odoops.holders record), while it runs
+    code: dict[str, str] | None = None  # {"link", "previous"}: the addons link the change re-pointed
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
+
+
+def _mark(conn, snapshot: Snapshot) -> None:
+    set_database_mark(conn, snapshot.database, {"kind": SNAPSHOT_KIND, **asdict(snapshot)})
+
+
+def link_copy(source: Path, target: Path) -> int:
+    """Hard-link every file of ``source`` into the new folder ``target`` (same tree); returns the count."""
+    count = 0
+    target.mkdir(parents=True)
+    for folder, dirs, files in os.walk(source):
+        rel = Path(folder).relative_to(source)
+        for name in dirs:
+            (target / rel / name).mkdir()
+        for name in files:
+            os.link(Path(folder) / name, target / rel / name)
+            count += 1
+    return count
+
+
+def take_snapshot(server: ConnInfo, environment: str, target_db: str, target_fs: Path | None,
+                  reason: str) -> Snapshot:
+    """Copy the database (FILE_COPY) and hard-link the filestore; Odoo must be stopped (sessions are ended)."""
+    stamp = _stamp()
+    snap_db = owned_name(target_db, f"snap_{stamp}")
+    snap_fs = sibling_folder(target_fs, f"snap-{stamp}") if target_fs is not None and target_fs.exists() else None
+    snapshot = Snapshot(environment, target_db, snap_db, str(snap_fs) if snap_fs else None,
+                        str(target_fs) if target_fs else None, datetime.now(UTC).isoformat(), reason, "in-progress")
+    with connect(server.with_dbname("postgres")) as conn:
+        comment = database_mark(conn, target_db)
+        if comment is None:
+            raise RefusedError(f"database {target_db!r} does not exist: nothing to snapshot")
+        snapshot = Snapshot(**{**asdict(snapshot), "target_comment": comment or None})
+        terminate_sessions(conn, target_db)
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                sql.Identifier(snap_db), sql.Identifier(target_db)))
+        except psycopg.errors.DiskFull:
+            raise DiskFull(f"no space left on the PostgreSQL server to copy {target_db}: free some space (the "
+                           "snapshot needs about the database's size); nothing was changed") from None
+        _mark(conn, snapshot)
+        if snap_fs is not None:
+            try:
+                files = link_copy(target_fs, snap_fs)
+            except OSError as exc:
+                shutil.rmtree(snap_fs, ignore_errors=True)
+                conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(snap_db)))
+                if exc.errno == 28:
+                    raise DiskFull(f"no space left to snapshot the filestore in {snap_fs.parent}: free some "
+                                   "space; nothing was changed") from None
+                raise RefusedError(f"cannot hard-link the filestore into {snap_fs} ({exc.strerror}): the "
+                                   "snapshot folder must be on the filestore's file system; nothing was changed") \
+                    from None
+            snapshot = Snapshot(**{**asdict(snapshot), "files": files})
+            _mark(conn, snapshot)
+    return snapshot
+
+
+def annotate(server: ConnInfo, snapshot: Snapshot, **changes: Any) -> None:
+    """Journal what the change did so far (its process, the code it switched), on the snapshot's mark,
+    so the run that finds it interrupted can stop that process and undo those steps."""
+    with connect(server.with_dbname("postgres")) as conn:
+        mark = database_mark(conn, snapshot.database)
+        current = json.loads(mark[len(MARK):]) if mark and mark.startswith(MARK) else {"kind": SNAPSHOT_KIND,
+                                                                                        **asdict(snapshot)}
+        set_database_mark(conn, snapshot.database, {**current, **changes})
+
+
+def snapshots(server: ConnInfo, environment: str) -> list[Snapshot]:
+    """The environment's rollback snapshots, newest first."""
+    with connect(server.with_dbname("postgres")) as conn:
+        rows = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                            "WHERE shobj_description(oid, 'pg_database') LIKE %s", (MARK + "%",)).fetchall()
+    found = []
+    for (comment,) in rows:
+        data: dict[str, Any] = json.loads(comment[len(MARK):])
+        if data.pop("kind", None) == SNAPSHOT_KIND and data.get("environment") == environment:
+            found.append(Snapshot(**data))
+    return sorted(found, key=lambda s: s.at, reverse=True)
+
+
+def interrupted(server: ConnInfo, environment: str) -> Snapshot | None:
+    """The snapshot of a change that never finished (its run was killed), if any."""
+    return next((s for s in snapshots(server, environment) if s.state == "in-progress"), None)
+
+
+def keep(server: ConnInfo, snapshot: Snapshot, kept: int = KEPT) -> list[str]:
+    """The change succeeded: the snapshot stays for a later rollback; older confirmed ones are dropped."""
+    with connect(server.with_dbname("postgres")) as conn:
+        _mark(conn, Snapshot(**{**asdict(snapshot), "state": "kept"}))
+    dropped = []
+    for old in [s for s in snapshots(server, snapshot.environment) if s.state == "kept"][kept:]:
+        drop_snapshot(server, old)
+        dropped.append(old.database)
+    return dropped
+
+
+def put_back(server: ConnInfo, snapshot: Snapshot) -> None:
+    """Rename the changed state aside, the snapshot into place, then drop the changed state. All or nothing."""
+    stamp = _stamp()
+    failed_db = owned_name(snapshot.target, f"failed_{stamp}")
+    target_fs = Path(snapshot.target_filestore) if snapshot.target_filestore else None
+    failed_fs = sibling_folder(target_fs, f"failed-{stamp}") if target_fs is not None else None
+    with connect(server.with_dbname("postgres")) as conn:
+        undo: list = []
+        try:
+            if database_mark(conn, snapshot.target) is not None:
+                rename_database(conn, snapshot.target, failed_db)
+                undo.append(lambda: rename_database(conn, failed_db, snapshot.target))
+            rename_database(conn, snapshot.database, snapshot.target)
+            undo.append(lambda: rename_database(conn, snapshot.target, snapshot.database))
+            if target_fs is not None and snapshot.filestore:
+                if target_fs.exists():
+                    os.rename(target_fs, failed_fs)
+                    undo.append(lambda: os.rename(failed_fs, target_fs))
+                os.rename(snapshot.filestore, target_fs)
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(snapshot.target), sql.Literal(snapshot.target_comment)))
+        if database_mark(conn, failed_db) is not None:
+            set_database_mark(conn, failed_db, {"kind": "rolled-back", "environment": snapshot.environment})
+            terminate_sessions(conn, failed_db)
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(failed_db)))
+    if failed_fs is not None and failed_fs.exists():
+        shutil.rmtree(failed_fs, ignore_errors=True)
