@@ -20,6 +20,9 @@ def register(app: typer.Typer) -> None:
                 confirm: Annotated[str | None, typer.Option("--confirm", help="Name of a production target.")] = None,
                 resume_rollback: Annotated[bool, typer.Option("--resume-rollback", help="Put back the snapshot of "
                                            "an upgrade whose run was killed.")] = False,
+                rehearse: Annotated[bool, typer.Option("--rehearse", help="Run it on a neutralized copy (from a "
+                                    "fresh backup) and report; the environment is not touched.")] = False,
+                keep: Annotated[bool, typer.Option("--keep", help="With --rehearse: keep the scratch copy.")] = False,
                 inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
         """Update modules of ENVIRONMENT; on any failure the exact previous state is put back by itself."""
         import json
@@ -27,6 +30,22 @@ def register(app: typer.Typer) -> None:
         names = [m.strip() for m in modules.split(",") if m.strip()] if modules else None
         if not resume_rollback and bool(names) == all_modules:
             fail("name the modules to update (--modules a,b) or update them all (--all)")
+        if rehearse:
+            with operator_errors():
+                from flows.upgrade_rehearsal import rehearse_upgrade_flow
+
+                result = rehearse_upgrade_flow(environment, modules=names, all_modules=all_modules, code=code,
+                                               timeout_seconds=timeout, keep=keep, inventory=inventory)
+            if as_json:
+                print(json.dumps(result, indent=1, default=str))
+            else:
+                console.print(f"rehearsal of {environment}: [bold]{result['verdict']}[/] "
+                              f"({', '.join(f'{k} {v:.0f} s' for k, v in result['phases'].items())})")
+                for module, change in result["modules_after"].items():
+                    console.print(f"  {module}: {change['version']} ({change['state']})")
+            if not result["verdict"].startswith("would succeed"):  # exit 1: the runbook found a problem
+                raise typer.Exit(1)
+            return
         with operator_errors():
             from flows.upgrade import upgrade_flow
 

@@ -361,7 +361,7 @@ class UpdateRun:
 
 
 def update_modules(platform: Platform, dbname: str, modules: list[str] | None, timeout: float, logfile: Path,
-                   on_start: Callable[[int], None] | None = None) -> UpdateRun:
+                   on_start: Callable[[int], None] | None = None, extra_args: list[str] | None = None) -> UpdateRun:
     """Run the update in a one-off Odoo process with the environment's config; never raises for its outcome."""
     import time
 
@@ -369,7 +369,7 @@ def update_modules(platform: Platform, dbname: str, modules: list[str] | None, t
     from tasks.logs import analyze_stream
 
     argv = ["-d", dbname, "-u", ",".join(modules) if modules else "all", "--stop-after-init", "--no-http",
-            "--logfile", str(logfile)]
+            "--logfile", str(logfile), *(extra_args or [])]
     started = time.monotonic()
     timed_out, returncode = False, None
     try:

@@ -56,3 +56,26 @@ def check_release(release: Path, modules: list[str], series: str) -> None:
         if not version.startswith(f"{series}."):
             raise RefusedError(f"module {module} is version {version} in {release}, not a {series} version "
                                f"({series}.x.y.z): this database runs Odoo {series}")
+
+
+def config_path(odoo_bin: list[str]) -> Path | None:
+    """The Odoo config file the inventory's ``odoo_bin`` names (``-c FILE``, ``--config FILE|=FILE``)."""
+    for i, word in enumerate(odoo_bin):
+        if word in ("-c", "--config") and i + 1 < len(odoo_bin):
+            return Path(odoo_bin[i + 1])
+        if word.startswith("--config="):
+            return Path(word.split("=", 1)[1])
+    return None
+
+
+def addons_path_with(config: Path, link: Path, release: Path) -> str:
+    """The config's ``addons_path`` with the release folder in place of the link (a rehearsal of new code
+    must not re-point the link the live Odoo runs from)."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config)
+    entries = [e.strip() for e in parser.get("options", "addons_path", fallback="").split(",") if e.strip()]
+    if str(link) not in entries:
+        raise ConfigError(f"the addons_path of {config} does not name addons_link {link}: add the link to it")
+    return ",".join(str(release) if e == str(link) else e for e in entries)

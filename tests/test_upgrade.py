@@ -283,3 +283,39 @@ def holder_alive(process: dict) -> list[bool]:
     from odoops import holders
 
     return [not holders.liveness(process, 0).dead]
+
+
+@pytest.mark.parametrize("version", ["good", "bad_view"])
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_rehearsal_reports_and_never_touches_the_environment(site, pg_cluster, version):
+    from flows.upgrade_rehearsal import rehearse_upgrade_flow
+
+    before = site.state()
+    write_addon(site.releases / "v2", "17.0.1.1.0", tier=True, bad_view=version == "bad_view")
+    if version == "good":
+        result = rehearse_upgrade_flow("staging", modules=["acme_custom"], code=str(site.releases / "v2"),
+                                       inventory=str(site.inventory))
+    else:  # as the operator types it; a verdict of failure is exit code 1
+        from prefect.settings import PREFECT_API_URL
+
+        typed = subprocess.run([sys.executable, "-m", "odoops", "upgrade", "staging", "--modules", "acme_custom",
+                                "--code", str(site.releases / "v2"), "--rehearse", "--json", "-i", str(site.inventory)],
+                               cwd=ROOT, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+                               capture_output=True, text=True, timeout=600)
+        assert typed.returncode == 1, typed.stderr[-2000:]  # the report, and exit 1: the runbook found a problem
+        result = json.loads(typed.stdout)
+    if version == "good":
+        assert result["verdict"] == "would succeed" and result["errors"] == []
+        assert result["modules_after"]["acme_custom"]["version"] == "17.0.1.0.0 → 17.0.1.1.0"
+    else:
+        assert result["verdict"].startswith("would fail: odoo-bin exited 255")
+        assert any("ParseError" in e["signature"] for e in result["errors"]), result["errors"]
+        assert result["modules_after"]["acme_custom"]["version"] == "17.0.1.0.0 → 17.0.1.0.0"
+    assert set(result["phases"]) == {"backup", "copy", "update"} and result["backup_id"].startswith("staging-")
+    # the environment: same rows, same files, same code, still serving; no scratch copy left behind
+    assert site.state() == before and not column_exists(pg_cluster, site.dbname, "acme_tier")
+    assert os.readlink(site.current) == str(site.releases / "v1") and healthy(site.url)
+    with psycopg.connect(pg_cluster.dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'odoops_scratch_rehearsal%'"
+                            ).fetchone()[0] == 0
+    assert not list(site.filestore.parent.glob("odoops_scratch_rehearsal*"))
