@@ -26,6 +26,7 @@ bench: setup  ## benchmarks on the large generated Odoo database (minutes; figur
 	$(UV) python bench/bench_logs.py
 	$(UV) python bench/bench_anonymize.py
 	$(UV) python bench/bench_snapshot.py --reuse
+	$(UV) python bench/bench_upgrade.py
 
 clean:
 	rm -rf .demo reports
