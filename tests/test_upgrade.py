@@ -264,6 +264,13 @@ def test_a_killed_upgrade_is_found_and_resume_rollback_puts_the_state_back(site,
         kill_group(proc)
     [pending] = snapshot.snapshots(server, "staging")
     assert pending.state == "in-progress" and not healthy(site.url), "killed with Odoo stopped, mid-update"
+    from typer.testing import CliRunner
+
+    from odoops.cli import app
+
+    checked = CliRunner().invoke(app, ["envs", "check", "staging", "-i", str(site.inventory), "--json"])
+    found = {c["check"]: c for c in json.loads(checked.stdout)}["interrupted runs"]
+    assert checked.exit_code == 1 and not found["ok"] and "--resume-rollback" in found["detail"], checked.stdout
 
     again = subprocess.run([*cli, "upgrade", "staging", "--modules", "acme_custom", "-i", str(site.inventory)],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
