@@ -18,9 +18,11 @@ so a run killed half-way is found by the next one (``--resume-rollback``).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,28 +97,42 @@ def take_snapshot(server: ConnInfo, environment: str, target_db: str, target_fs:
             raise RefusedError(f"database {target_db!r} does not exist: nothing to snapshot")
         snapshot = Snapshot(**{**asdict(snapshot), "target_comment": comment or None})
         terminate_sessions(conn, target_db)
-        try:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-                sql.Identifier(snap_db), sql.Identifier(target_db)))
-        except psycopg.errors.DiskFull:
-            raise DiskFull(f"no space left on the PostgreSQL server to copy {target_db}: free some space (the "
-                           "snapshot needs about the database's size); nothing was changed") from None
-        _mark(conn, snapshot)
-        if snap_fs is not None:
+        # the filestore's links are made while PostgreSQL copies the database: the snapshot takes the longer one
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            links = pool.submit(link_copy, target_fs, snap_fs) if snap_fs is not None else None
             try:
-                files = link_copy(target_fs, snap_fs)
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                    sql.Identifier(snap_db), sql.Identifier(target_db)))
+            except psycopg.errors.DiskFull:
+                _discard_links(links, snap_fs)
+                raise DiskFull(f"no space left on the PostgreSQL server to copy {target_db}: free some space "
+                               "(the snapshot needs about the database's size); nothing was changed") from None
+            except BaseException:
+                _discard_links(links, snap_fs)
+                raise
+            _mark(conn, snapshot)
+            try:
+                files = links.result() if links is not None else 0
             except OSError as exc:
-                shutil.rmtree(snap_fs, ignore_errors=True)
+                _discard_links(None, snap_fs)
                 conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(snap_db)))
-                if exc.errno == 28:
+                if exc.errno == errno.ENOSPC:
                     raise DiskFull(f"no space left to snapshot the filestore in {snap_fs.parent}: free some "
                                    "space; nothing was changed") from None
                 raise RefusedError(f"cannot hard-link the filestore into {snap_fs} ({exc.strerror}): the "
                                    "snapshot folder must be on the filestore's file system; nothing was changed") \
                     from None
+        if files:
             snapshot = Snapshot(**{**asdict(snapshot), "files": files})
             _mark(conn, snapshot)
     return snapshot
+
+
+def _discard_links(links: Future | None, folder: Path | None) -> None:
+    if links is not None:
+        links.exception()  # wait for it: never delete a folder still being written
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def annotate(server: ConnInfo, snapshot: Snapshot, **changes: Any) -> None:
