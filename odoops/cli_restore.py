@@ -6,6 +6,32 @@ from typing import Annotated
 import typer
 
 
+def _write_json(path: str, data: dict) -> None:
+    """The anonymization part of a restore's result, as ``odoops anonymize --report`` writes it."""
+    import json
+    from pathlib import Path
+
+    from odoops.errors import ConfigError
+
+    try:
+        Path(path).write_text(json.dumps({"clean": not data.get("residue"), **data}, indent=1, default=str) + "\n",
+                              encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to {path}: {exc.strerror}; give a writable --report path") from None
+
+
+def _last_anonymization(environment: str, inventory: str | None) -> dict:
+    """The anonymization report of the restore just done, from its audit record (the flow keeps it there)."""
+    from odoops.audit import read_audit
+    from odoops.runtime import audit_repository, resolve
+
+    inv, env = resolve(environment, inventory)
+    for record in reversed(read_audit(audit_repository(inv, env).store, env.name)):
+        if record.get("runbook") == "restore":
+            return (record.get("details") or {}).get("anonymization") or {}
+    return {}
+
+
 def register(app: typer.Typer) -> None:
     from odoops.cli import InventoryOpt, JsonOpt, console, fail, operator_errors, rich_progress
 
@@ -20,6 +46,9 @@ def register(app: typer.Typer) -> None:
                 rules: Annotated[str | None, typer.Option("--rules", help="Anonymization rules YAML "
                                  "(default deployments/anonymize-rules.yaml).")] = None,
                 confirm: Annotated[str | None, typer.Option("--confirm", help="Name of a production target.")] = None,
+                report: Annotated[str | None, typer.Option("--report", metavar="FILE", help="With --anonymize: write "
+                                  "the anonymization report (JSON: counts, residue table/column/row ids, never a "
+                                  "value) to FILE.")] = None,
                 allow_version_change: Annotated[bool, typer.Option("--allow-version-change")] = False,
                 inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
         """Restore SOURCE into --to ENV atomically (neutralized unless --no-neutralize), or `restore undo ENV`."""
@@ -36,10 +65,18 @@ def register(app: typer.Typer) -> None:
                 if not to:
                     fail("restore needs a target: odoops restore SOURCE --to ENV")
                 from flows.restore import restore_flow
+                from tasks.anonymize import ResidueFound
 
-                result = restore_flow(source, to, neutralize=False if no_neutralize else None, anonymize=anonymize,
-                                      rules=rules, confirm=confirm, allow_version_change=allow_version_change,
-                                      inventory=inventory)
+                try:
+                    result = restore_flow(source, to, neutralize=False if no_neutralize else None, anonymize=anonymize,
+                                          rules=rules, confirm=confirm, allow_version_change=allow_version_change,
+                                          inventory=inventory)
+                except ResidueFound as exc:
+                    if report:
+                        exc.report.write(report)
+                    raise
+                if report and result.get("anonymized"):
+                    _write_json(report, _last_anonymization(result["environment"], inventory))
         if as_json:
             print(json.dumps(result, indent=1, default=str))
         elif source == "undo":
@@ -53,6 +90,9 @@ def register(app: typer.Typer) -> None:
     @app.command("anonymize")
     def anonymize_env(environment: str,
                       rules: Annotated[str | None, typer.Option("--rules", help="Rules YAML.")] = None,
+                      report_file: Annotated[str | None, typer.Option("--report", metavar="FILE", help="Write the "
+                                             "report (JSON: counts, residue table/column/row ids, never a value) "
+                                             "to FILE, also when residue fails the run.")] = None,
                       inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
         """Anonymize the database of a non-production ENVIRONMENT in place (key from ODOOPS_ANONYMIZE_KEY)."""
         import json
@@ -60,7 +100,7 @@ def register(app: typer.Typer) -> None:
         with operator_errors():
             from flows.anonymize import anonymize_flow
 
-            report = anonymize_flow(environment, rules=rules, inventory=inventory)
+            report = anonymize_flow(environment, rules=rules, inventory=inventory, report_file=report_file)
         if as_json:
             print(json.dumps(report, indent=1, default=str))
         else:

@@ -18,10 +18,12 @@ Why it is built this way:
 * **Old row versions are destroyed**: the touched tables get ``VACUUM (FULL, ANALYZE)`` (dead tuples and
   the planner's sampled values in ``pg_statistic`` would otherwise still hold the originals).
 * **Proof, not hope.** Before anything changes, original values are sampled from the rule tables (held
-  in memory only); afterwards every text/varchar/jsonb column of every table and every text attachment
-  file is searched for them, server-side, with a token index (each needle is looked up by its rarest
-  word, then confirmed with ``strpos``) so the scan is linear in the database's text. Residue raises
-  :class:`ResidueFound`, naming table and column and count, never a value.
+  in memory only, each with the rule it came from); afterwards every text/varchar/jsonb column of every
+  row of every table and every text attachment file is searched for them, one streamed pass per table
+  with all needles (see ``_scan_table``), so the scan is linear in the database's text. Values the rules
+  keep (the company, OdooBot) are kept wherever Odoo copies them and never searched for. Residue raises
+  :class:`ResidueFound`, naming table, column, row count and rule, never a value; the copy is marked
+  ``odoops.anonymization = residue`` and the report lists the row ids.
 * **Filestore files are never modified in place** (a copy's filestore may share inodes with
   production's through hard links): scrubbed attachments point at a new file named by the SHA-1 of the
   new content, and old files no longer referenced are unlinked.
@@ -30,6 +32,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import logging
 import os
@@ -327,6 +330,7 @@ class AnonymizationReport:
     needles_generated: int = 0   # left out: indistinguishable from generated values
     needles_kept: int = 0        # left out: values of rows the rules keep on purpose (company, OdooBot)
     residue: list[tuple[str, str, int]] = field(default_factory=list)  # (table, column, rows) / ("filestore", file, n)
+    residue_found: list[Residue] = field(default_factory=list)          # the same, with row ids and the rules
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -340,9 +344,25 @@ class AnonymizationReport:
             "attachments": vars(self.attachments) if self.attachments else None,
             "needles": self.needles, "needles_public": self.needles_public,
             "needles_generated": self.needles_generated, "needles_kept": self.needles_kept,
-            "residue": [{"table": t, "column": c, "count": n} for t, c, n in self.residue],
+            "residue": [{"table": r.table, "column": r.column, "count": r.rows, "rules": sorted(r.rules),
+                         "row_ids": list(r.row_ids), "row_ids_complete": len(r.row_ids) == r.rows}
+                        for r in self.residue_found] or
+                       [{"table": t, "column": c, "count": n} for t, c, n in self.residue],
             "seconds": dict(self.seconds),
         }
+
+    def write(self, path: str | Path) -> Path:
+        """The report as JSON (counts, row ids, rule names, timings; never a value), for ``--report FILE``."""
+        import json
+
+        target = Path(path)
+        try:
+            target.write_text(json.dumps({"clean": self.clean, **self.as_dict()}, indent=1, default=str) + "\n",
+                              encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the report to {target}: {exc.strerror}; give a writable --report path") \
+                from None
+        return target
 
 
 # --------------------------------------------------------------------------------- SQL generation
@@ -356,7 +376,8 @@ class _Params:
     """Named query parameters; every statement carries the key and the generator's word lists."""
 
     def __init__(self, key: str) -> None:
-        self.values: dict[str, Any] = {"key": key, **{k: list(v) for k, v in _VOCAB.items()}}
+        # kept_emails: addresses of kept rows, filled in once the plans are made (see _anonymize)
+        self.values: dict[str, Any] = {"key": key, "kept_emails": [], **{k: list(v) for k, v in _VOCAB.items()}}
         self._n = 0
 
     def add(self, value: Any) -> sql.Composable:
@@ -462,13 +483,17 @@ def fake_expr(kind: str, v: sql.Composable) -> sql.Composable:
     if kind == "partner_name":
         return sql.SQL("CASE WHEN coalesce({}, false) THEN {} ELSE {} END").format(
             _id("is_company"), _company(v), _person(v))
-    if kind == "email":
-        return _fake_email_of(v)
+    if kind == "email":  # a kept row's address (the company's, OdooBot's) stays, as it does in its own row
+        return sql.SQL("CASE WHEN lower(btrim({v})) = ANY({k}::text[]) THEN {v} ELSE {f} END").format(
+            v=v, k=sql.Placeholder("kept_emails"), f=_fake_email_of(v))
     if kind == "email_formatted":
         name = sql.SQL("btrim(substring({} from '^(.*)<'), ' \"''')").format(v)
         addr = sql.SQL("substring({} from '<([^>]*)>')").format(v)
-        return sql.SQL("CASE WHEN {v} ~ '<[^>]*@[^>]*>' THEN {fmt} ELSE {plain} END").format(
-            v=v, fmt=_cat('"', _person(name), '" <', _fake_email_of(addr), ">"), plain=_fake_email_of(v))
+        # kept only when it is that one address: a list with a kept address in it is still rewritten
+        kept = sql.SQL("{v} !~ '@.*@' AND lower(btrim(coalesce({a}, {v}))) = ANY({k}::text[])").format(
+            a=addr, v=v, k=sql.Placeholder("kept_emails"))
+        return sql.SQL("CASE WHEN {kept} THEN {v} WHEN {v} ~ '<[^>]*@[^>]*>' THEN {fmt} ELSE {plain} END").format(
+            kept=kept, v=v, fmt=_cat('"', _person(name), '" <', _fake_email_of(addr), ">"), plain=_fake_email_of(v))
     if kind == "text":
         return _lorem(v)
     if kind == "html":
@@ -819,6 +844,8 @@ _PHONE_RE = re.compile(r"\+?\(?\d[\d\s().-]{6,}\d")
 _TAG_RE = re.compile(r"<[^>]+>")
 _TOKEN_RE = re.compile(r"[^0-9a-z]+")
 _PSEUDONYM = re.compile(r"^p[0-9a-f]{16}$")
+_QUOTED_NAME_RE = re.compile(r"\"([^\"<>]{1,200})\"\s*<[^>]*@")  # "Name" <address>, as Odoo formats senders
+_EDGE = " \t\"'`-,;:.!?()[]{}<>|*/\\"  # punctuation a copied value picks up at its ends (quotes, "-- ", commas)
 
 
 def _needles_of(value: Any, how: str) -> Iterable[str]:
@@ -831,6 +858,7 @@ def _needles_of(value: Any, how: str) -> Iterable[str]:
     text = str(value)
     if how == "free":
         yield from _EMAIL_RE.findall(text)
+        yield from _QUOTED_NAME_RE.findall(text)  # a formatted address inside free text: its name part too
         yield from (p.strip() for p in _PHONE_RE.findall(text))
         plain = " ".join(_TAG_RE.sub(" ", text).split())
         if len(plain) <= 200:
@@ -858,18 +886,21 @@ def _generated_shape(needle: str) -> bool:
 
 
 def _prepare_needles(raw: Iterable[str]) -> set[str]:
+    """Lower-cased, whitespace-normalized, without the punctuation at their ends (a shorter needle is found
+    wherever the longer one was: the proof only gets stricter)."""
     out = set()
     for n in raw:
-        n = " ".join(n.split()).lower()
+        n = " ".join(n.split()).lower().strip(_EDGE)
         if len(n) >= 4 and _tokens(n):
             out.add(n)
     return out
 
 
-def _sample(conn: psycopg.Connection, plan: _Plan, n: int) -> set[str]:
-    """Original values of the columns about to be replaced, from up to n random rows (memory only)."""
+def _sample(conn: psycopg.Connection, plan: _Plan, n: int) -> dict[str, set[str]]:
+    """Original values of the columns about to be replaced, from up to n random rows (memory only),
+    each with the rule columns (``table.column``) it was sampled from."""
     if not plan.proof_columns:
-        return set()
+        return {}
     exprs = []
     for col, _ in plan.proof_columns:
         cond = plan.column_cond.get(col)
@@ -878,35 +909,33 @@ def _sample(conn: psycopg.Connection, plan: _Plan, n: int) -> set[str]:
     q = sql.SQL("SELECT {} FROM {} {} ORDER BY random() LIMIT {}").format(
         sql.SQL(", ").join(exprs), _id(plan.rule.table),
         sql.SQL("WHERE {}").format(plan.where) if plan.where is not None else sql.SQL(""), sql.Literal(n))
-    raw: list[str] = []
+    found: dict[str, set[str]] = {}
     for row in conn.execute(q, plan.params.values):
-        for (_, how), value in zip(plan.proof_columns, row, strict=True):
-            raw.extend(_needles_of(value, how))
-    return _prepare_needles(raw)
+        for (col, how), value in zip(plan.proof_columns, row, strict=True):
+            for needle in _prepare_needles(_needles_of(value, how)):
+                found.setdefault(needle, set()).add(f"{plan.rule.table}.{col}")
+    return found
 
 
 def _anchors(needles: Iterable[str]) -> dict[str, str]:
-    """Each needle's anchor: the word it is looked up by, preferably inside it (a whole word in any text
-    containing the needle), long, not only digits (numbers are everywhere), and rare among the needles."""
+    """Each needle's anchor: the word it is looked up by (any of its words: a needle is matched as whole
+    words), not a word the generator writes (anonymized text is full of those: "example", "lorem"), long,
+    not only digits (numbers are everywhere) and rare among the needles."""
     needles = list(needles)
     freq = Counter(t for n in needles for t in set(_tokens(n)))
-    out = {}
-    for n in needles:
-        toks = _tokens(n)
-        inner = toks[1:-1] or toks
-        out[n] = min(inner, key=lambda t: (len(t) < 4, t.isdigit(), freq[t], -len(t)))
-    return out
+    return {n: min(_tokens(n), key=lambda t: (t in _VOCAB_TOKENS, len(t) < 4, t.isdigit(), freq[t], -len(t)))
+            for n in needles}
 
 
-def _kept_text(conn: psycopg.Connection, plan: _Plan) -> str:
-    """Text of the values the rules deliberately keep (kept rows, rows outside only_rows), lower-cased.
+def _kept_values(conn: psycopg.Connection, plan: _Plan) -> list[str]:
+    """Values the rules deliberately keep (kept rows, rows outside only_rows), lower-cased, one per item.
 
-    A needle found in there is not residue: e.g. the company's own address, quoted by its employees'
-    contacts, or OdooBot's name in the e-mails it authored.
+    E.g. the company's own name and address, OdooBot's name and e-mail: they stay in the copy, so they
+    are kept everywhere Odoo copies them and never searched for.
     """
     cols = [c for c, _ in plan.proof_columns]
     if not cols:
-        return ""
+        return []
     row_kept = [sql.SQL("NOT ({})").format(plan.where)] if plan.where is not None else []
     exprs = []
     for col in cols:
@@ -917,23 +946,189 @@ def _kept_text(conn: psycopg.Connection, plan: _Plan) -> str:
             continue
         exprs.append(sql.SQL("CASE WHEN {} THEN {}::text END").format(sql.SQL(" OR ").join(kept), _id(col)))
     if not exprs:
-        return ""
+        return []
     conds = row_kept + [sql.SQL("NOT coalesce({}, false)").format(c) for c in plan.column_cond.values()]
-    q = sql.SQL("SELECT concat_ws(chr(10), {}) FROM {} WHERE {}").format(
-        sql.SQL(", ").join(exprs), _id(plan.rule.table), sql.SQL(" OR ").join(conds))
-    return "\n".join(r[0] for r in conn.execute(q, plan.params.values) if r[0]).lower()
+    q = sql.SQL("SELECT DISTINCT lower(v) FROM {} CROSS JOIN LATERAL unnest(ARRAY[{}]) AS k(v) "
+                "WHERE ({}) AND v IS NOT NULL AND v <> ''").format(
+        _id(plan.rule.table), sql.SQL(", ").join(exprs), sql.SQL(" OR ").join(conds))
+    return [r[0] for r in conn.execute(q, plan.params.values)]
 
 
-def _load_needles(conn: psycopg.Connection, needles: set[str], table: str = "odoops_needles") -> None:
-    """A temporary table of needles, each with the anchor token it is looked up by (its rarest word)."""
-    anchors = _anchors(needles)
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_id(table)))
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} (needle text NOT NULL, anchor text NOT NULL)").format(_id(table)))
-    with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} (needle, anchor) FROM STDIN").format(_id(table))) as cp:
-        for n, anchor in anchors.items():
-            cp.write_row((n, anchor))
-    conn.execute(sql.SQL("CREATE INDEX ON {} (anchor)").format(_id(table)))
-    conn.execute(sql.SQL("ANALYZE {}").format(_id(table)))
+class _KeptSet:
+    """The kept values, and the test "is this needle (a part of) a kept value?".
+
+    A needle is kept when it occurs in a kept value as text, or when its words occur in one, in order, as
+    whole words: a copy of a kept value picks up quotes and punctuation ('"OdooBot"' in a text column
+    quoting '"OdooBot" <odoobot@example.com>') and must not be taken for an original left behind.
+    """
+
+    def __init__(self, values: Iterable[str]) -> None:
+        self.values = sorted(set(values))
+        self.text = "\n".join(self.values)
+        self.words = "\n".join(" " + " ".join(_tokens(v)) + " " for v in self.values)
+        self.emails = sorted({e.lower() for v in self.values for e in _EMAIL_RE.findall(v)})
+
+    def __contains__(self, needle: str) -> bool:
+        toks = _tokens(needle)
+        return needle in self.text or bool(toks) and (" " + " ".join(toks) + " ") in self.words
+
+
+# ------------------------------------------------------------------------------------- the proof
+
+# Every byte that is not [0-9a-z] becomes a space (rows stay lines): the words of _tokens() in lower-case text.
+_WORD_BYTES = bytes(b if (48 <= b <= 57 or 97 <= b <= 122 or b == 10) else 32 for b in range(256))
+_COPY_ESCAPES = (b"\\\\", b"\\n", b"\\t", b"\\r", b"\\b", b"\\f", b"\\v")  # COPY text format, two bytes each
+_COPY_UNESCAPE = re.compile(r"\\(.)")
+_COPY_CHARS = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
+_CHUNK = 8 << 20
+_FIND_AT_MOST = 24  # anchor words looked for with bytes.find in a block; more: one pass over its rows
+MAX_ROW_IDS = 10_000  # row ids kept per residue column in the report (the count is always exact)
+
+
+@dataclass
+class Residue:
+    """Where original values were found: a column and its row ids (or a filestore file), never the values."""
+
+    table: str
+    column: str
+    row_ids: list[str] = field(default_factory=list)
+    rows: int = 0
+    rules: set[str] = field(default_factory=set)   # the rule columns whose sampled originals were found here
+
+
+class _Needles:
+    """The needles by anchor word, for the scan (memory only).
+
+    A needle is found in a text when its words occur there in order, next to each other, as whole words:
+    case, punctuation and spacing are ignored ("Smith, John" is found in "SMITH John"), a word is never
+    matched inside a longer one ("smith" is not in "blacksmith").
+    """
+
+    def __init__(self, sources: Mapping[str, set[str]]) -> None:
+        self.sources = sources
+        self.by_anchor: dict[bytes, list[tuple[str, bytes]]] = {}
+        self.words: dict[str, set[bytes]] = {}
+        for n, anchor in _anchors(sources).items():
+            form = _word_form(n)
+            self.by_anchor.setdefault(anchor.encode(), []).append((n, form))
+            self.words[n] = set(form.split())
+
+    def in_words(self, words: bytes, anchors: Iterable[bytes]) -> set[str]:
+        """The needles among those of ``anchors`` whose word form is in ``words`` (a _word_form)."""
+        return {n for a in anchors for n, form in self.by_anchor.get(a, ()) if form in words}
+
+    def find(self, text: str) -> set[str]:
+        words = _word_form(text)
+        return self.in_words(words, set(words.split()) & self.by_anchor.keys())
+
+
+def _word_form(text: str | bytes) -> bytes:
+    """b" w1 w2 ... ": the lower-case [0-9a-z] words of a text, one space apart and around."""
+    data = text.lower().encode("utf-8") if isinstance(text, str) else text
+    return b" " + b" ".join(data.translate(_WORD_BYTES).split()) + b" "
+
+
+def _copy_field(value: str) -> str:
+    return _COPY_UNESCAPE.sub(lambda m: _COPY_CHARS.get(m.group(1), m.group(1)), value)
+
+
+def _scan_table(conn: psycopg.Connection, table: str, cols: list[tuple[str, str]], needles: _Needles,
+                where: sql.Composable | None = None) -> dict[str, Residue]:
+    """One pass over the table's text with all needles at once.
+
+    PostgreSQL streams the text columns (COPY); each 8 MB block is lower-cased and reduced to its words
+    in C (bytes.translate, split). Only needles all of whose words are in the block go on: each is
+    looked for only in the rows holding its anchor word, compared with them word by word, and only the
+    rows that hold a needle are decoded column by column to say where.
+    """
+    rowid = sql.SQL("t.id::text") if "id" in _columns(conn, table) else sql.SQL("t.ctid::text")
+    q = sql.SQL("COPY (SELECT {}, {} FROM {} t {}) TO STDOUT").format(
+        rowid, sql.SQL(", ").join(_text_of(c, typ) for c, typ in cols), _id(table),
+        sql.SQL("WHERE {}").format(where) if where is not None else sql.SQL(""))
+    found: dict[str, Residue] = {}
+
+    def block(data: bytes) -> None:
+        low = data.lower() if data.isascii() else data.decode("utf-8", "replace").lower().encode("utf-8")
+        for esc in _COPY_ESCAPES:
+            if esc in low:
+                low = low.replace(esc, b"  ")
+        words = low.translate(_WORD_BYTES)
+        present = set(words.split())
+        if needles.by_anchor.keys().isdisjoint(present):
+            return
+        # needles all of whose words are in this block, looked up by their anchor word
+        locators: dict[bytes, list[tuple[str, bytes]]] = {}
+        for anchor in needles.by_anchor.keys() & present:
+            live = [(n, form) for n, form in needles.by_anchor[anchor] if needles.words[n] <= present]
+            if live:
+                locators[anchor] = live
+        if not locators:
+            return
+        wanted = locators.keys()
+        candidates: dict[int, set[bytes]] = {}
+        rows = words.split(b"\n")
+        if len(wanted) <= _FIND_AT_MOST:  # a few words: find them in the whole block (C), then their rows
+            padded = b" " + words.replace(b"\n", b" \n ") + b" "
+            ends = [m.start() for m in re.finditer(b"\n", padded)]
+            for word in wanted:
+                key = b" " + word + b" "
+                at = padded.find(key)
+                while at != -1:
+                    candidates.setdefault(bisect.bisect_left(ends, at), set()).add(word)
+                    at = padded.find(key, at + len(key) - 1)
+        else:
+            for i, row in enumerate(rows):
+                tokens = row.split()
+                if not wanted.isdisjoint(tokens):
+                    candidates[i] = wanted & set(tokens)
+        lines: list[bytes] | None = None
+        for i, located in candidates.items():
+            row = b" " + b" ".join(rows[i].split()) + b" "
+            if not any(form in row for word in located for _, form in locators[word]):
+                continue
+            lines = lines if lines is not None else data.split(b"\n")
+            fields = lines[i].decode("utf-8", "replace").split("\t")
+            for (col, _), value in zip(cols, fields[1:], strict=True):
+                if value == "\\N":
+                    continue
+                form_of_value = _word_form(_copy_field(value))
+                got = {n for word in located for n, form in locators[word] if form in form_of_value}
+                if got:
+                    res = found.setdefault(col, Residue(table, col))
+                    res.rows += 1
+                    if len(res.row_ids) < MAX_ROW_IDS:
+                        res.row_ids.append(fields[0])
+                    for n in got:
+                        res.rules |= needles.sources.get(n, set())
+
+    with conn.cursor() as cur, cur.copy(q) as copy:
+        pending = bytearray()
+        for data in copy:
+            pending += data
+            if len(pending) >= _CHUNK:
+                cut = pending.rfind(b"\n") + 1
+                block(bytes(pending[:cut]))
+                del pending[:cut]
+        if pending:
+            block(bytes(pending.rstrip(b"\n")))
+    return found
+
+
+def scan_database(conn: psycopg.Connection, needles: Mapping[str, set[str]],
+                  tables: Iterable[str] | None = None) -> list[Residue]:
+    """Where any needle occurs, over every text/varchar/jsonb column of every table (or of ``tables``).
+
+    ``needles`` maps each needle (lower-case) to the rule columns it was sampled from. A needle counts
+    when its words occur in one column value, in order and next to each other, as whole words (case,
+    punctuation and spacing ignored; see _Needles).
+    """
+    index = _Needles(needles)
+    wanted = set(tables) if tables is not None else None
+    hits: list[Residue] = []
+    for table, cols in _text_tables(conn):
+        if wanted is None or table in wanted:
+            hits.extend(_scan_table(conn, table, cols, index).values())
+    return hits
 
 
 def _text_tables(conn: psycopg.Connection) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -954,52 +1149,6 @@ def _text_of(col: str, typ: str) -> sql.Composable:
     return sql.SQL("{}::text").format(ident)
 
 
-def scan_database(conn: psycopg.Connection, needles_table: str = "odoops_needles",
-                  tables: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
-    """(table, column, rows) where any needle occurs, over every text/varchar/jsonb column.
-
-    Per table, each row's text columns are lower-cased and tokenized once (concatenated), the distinct
-    tokens hash-joined with the needles' anchors, and each candidate confirmed with strpos on that
-    row's text. Only rows that really contain a needle come back, and only those are attributed to
-    their columns in a second, tiny query.
-    """
-    hits: list[tuple[str, str, int]] = []
-    wanted = set(tables) if tables is not None else None
-    conn.execute("SET jit = off")  # ~130 short queries: compiling each costs more than it saves
-    try:
-        _scan_tables(conn, needles_table, wanted, hits)
-    finally:
-        conn.execute("RESET jit")
-    return hits
-
-
-def _scan_tables(conn: psycopg.Connection, needles_table: str, wanted: set[str] | None,
-                 hits: list[tuple[str, str, int]]) -> None:
-    for table, cols in _text_tables(conn):
-        if wanted is not None and table not in wanted:
-            continue
-        texts = [_text_of(c, typ) for c, typ in cols]
-        # OFFSET 0 keeps the lower-cased row text computed once per row: inlined, it was recomputed for
-        # every (row, needle) candidate, 4x slower on a million-message table.
-        rows = conn.execute(sql.SQL(
-            "SELECT DISTINCT t.ctid FROM {tbl} t "
-            "CROSS JOIN LATERAL (SELECT lower(concat_ws(chr(10), {texts})) AS txt OFFSET 0) x "
-            "CROSS JOIN LATERAL (SELECT DISTINCT w FROM unnest(regexp_split_to_array(x.txt, '[^0-9a-z]+')) w) ws "
-            "JOIN {nd} n ON n.anchor = ws.w WHERE strpos(x.txt, n.needle) > 0"
-        ).format(tbl=_id(table), texts=sql.SQL(", ").join(texts), nd=_id(needles_table))).fetchall()
-        if not rows:
-            continue
-        q = sql.SQL(
-            "SELECT c.colno, count(DISTINCT t.ctid) FROM {tbl} t "
-            "CROSS JOIN LATERAL unnest(ARRAY[{texts}]) WITH ORDINALITY AS c(txt, colno) "
-            "CROSS JOIN LATERAL (SELECT DISTINCT w FROM unnest(regexp_split_to_array(lower(c.txt), '[^0-9a-z]+')) w) ws "
-            "JOIN {nd} n ON n.anchor = ws.w "
-            "WHERE t.ctid = ANY(%s::tid[]) AND strpos(lower(c.txt), n.needle) > 0 GROUP BY c.colno"
-        ).format(tbl=_id(table), texts=sql.SQL(", ").join(texts), nd=_id(needles_table))
-        for colno, count in conn.execute(q, ([r[0] for r in rows],)):
-            hits.append((table, cols[colno - 1][0], count))
-
-
 # Records that installed modules define (views, e-mail templates, menus, ...): Odoo's own source text.
 # Odoo's stock templates quote demo names ("Marc Demo", "Mitchell Admin"); such needles are not
 # personal data of this database, so they are left out of the proof (and counted).
@@ -1009,40 +1158,36 @@ _SOURCE_MODELS = {"ir_ui_view": "ir.ui.view", "mail_template": "mail.template", 
                   "ir_module_module": "ir.module.module", "ir_model": "ir.model"}
 
 
-def _public_needles(conn: psycopg.Connection, needles_table: str) -> set[str]:
+def _public_needles(conn: psycopg.Connection, needles: Mapping[str, set[str]]) -> set[str]:
+    index = _Needles(needles)
     found: set[str] = set()
+    tables = dict(_text_tables(conn))
     for table, model in _SOURCE_MODELS.items():
-        cols = _columns(conn, table)
-        text_cols = [(c.name, c.type) for c in cols.values() if c.type in TEXT_TYPES]
-        if not text_cols:
+        if table not in tables or "id" not in _columns(conn, table):
             continue
-        exprs = sql.SQL(", ").join(_text_of(c, typ) for c, typ in text_cols)
-        q = sql.SQL(
-            "SELECT DISTINCT n.needle FROM {tbl} t "
-            "CROSS JOIN LATERAL unnest(ARRAY[{exprs}]) AS c(txt) "
-            "CROSS JOIN LATERAL (SELECT DISTINCT w FROM unnest(regexp_split_to_array(lower(c.txt), '[^0-9a-z]+')) w) ws "
-            "JOIN {nd} n ON n.anchor = ws.w "
-            "WHERE c.txt IS NOT NULL AND strpos(lower(c.txt), n.needle) > 0 AND t.id IN ("
-            " SELECT d.res_id FROM ir_model_data d WHERE d.model = %(model)s "
-            " AND d.module NOT IN ('__export__', '__import__', '__custom__', ''))"
-        ).format(tbl=_id(table), exprs=exprs, nd=_id(needles_table))
-        found.update(r[0] for r in conn.execute(q, {"model": model}))
+        where = sql.SQL("t.id IN (SELECT d.res_id FROM ir_model_data d WHERE d.model = {} "
+                        "AND d.module NOT IN ('__export__', '__import__', '__custom__', ''))").format(sql.Literal(model))
+        q = sql.SQL("SELECT {} FROM {} t WHERE {}").format(
+            sql.SQL(", ").join(_text_of(c, typ) for c, typ in tables[table]), _id(table), where)
+        for row in conn.execute(q):
+            for value in row:
+                if value:
+                    found |= index.find(value)
     return found
 
 
-def _scan_files(paths: Iterable[Path], needles: set[str]) -> list[tuple[str, str, int]]:
-    by_anchor: dict[str, list[str]] = {}
-    for n, anchor in _anchors(needles).items():
-        by_anchor.setdefault(anchor, []).append(n)
+def _scan_files(paths: Iterable[Path], needles: Mapping[str, set[str]]) -> list[Residue]:
+    index = _Needles(needles)
     hits = []
     for path in paths:
         try:
-            text = path.read_bytes().decode("utf-8", "replace").lower()
+            text = path.read_bytes().decode("utf-8", "replace")
         except OSError:
             continue
-        found = {n for tok in set(_tokens(text)) for n in by_anchor.get(tok, ()) if n in text}
+        found = index.find(text)
         if found:
-            hits.append(("filestore", str(path.relative_to(path.parent.parent)), len(found)))
+            hits.append(Residue("filestore", str(path.relative_to(path.parent.parent)), [], len(found),
+                                {s for n in found for s in needles.get(n, set())}))
     return hits
 
 
@@ -1172,6 +1317,32 @@ def anonymize(conn: psycopg.Connection, rules: Rules | str | Path | None, key: s
         raise _translate(exc, "the database") from None
 
 
+MARKER = "odoops.anonymization"  # ir_config_parameter: running -> clean | residue (a copy is usable only when clean)
+
+
+def _mark(conn: psycopg.Connection, state: str) -> None:
+    """Record the anonymization state in the copy itself, where Odoo and operators can read it."""
+    if not {"key", "value"} <= set(_columns(conn, "ir_config_parameter")):
+        return
+    with conn.transaction():
+        cur = conn.execute("UPDATE ir_config_parameter SET value = %s WHERE key = %s", (state, MARKER))
+        if not cur.rowcount:
+            conn.execute("INSERT INTO ir_config_parameter (key, value) VALUES (%s, %s)", (MARKER, state))
+
+
+def _residue_message(report: AnonymizationReport) -> str:
+    parts = []
+    for r in report.residue_found[:8]:
+        unit = "file" if r.table == "filestore" else f"{r.rows} row{'s' if r.rows != 1 else ''}"
+        rules = ", ".join(sorted(r.rules)) or "?"
+        parts.append(f"{r.table}.{r.column} ({unit}; originals of rule {rules})" if r.table != "filestore"
+                     else f"filestore {r.column} ({r.rows} values; originals of rule {rules})")
+    more = f" and {len(report.residue_found) - 8} more" if len(report.residue_found) > 8 else ""
+    return (f"anonymization left original personal values in {'; '.join(parts)}{more}: the copy is marked "
+            f"{MARKER}=residue and is not anonymized; list the row ids with --report FILE, then add or fix the rules "
+            "for these columns (rules file) and run it again")
+
+
 def _anonymize(conn: psycopg.Connection, rules: Rules, key: str, filestore_path: str | Path | None,
                user_password: str | None, vacuum: bool, verify: bool, report: AnonymizationReport,
                t_start: float) -> AnonymizationReport:
@@ -1196,32 +1367,38 @@ def _anonymize(conn: psycopg.Connection, rules: Rules, key: str, filestore_path:
         plan = _plan_table(conn, rule, cols, key, password_hash, rules.source)
         _kept_partner_names(conn, plan)
         plans.append(plan)
+    # What the rules keep (kept rows, rows outside only_rows) is kept everywhere: an e-mail address of a kept
+    # row stays as it is in every e-mail column (OdooBot's and the company's "Name" <address> copies).
+    kept = _KeptSet(v for plan in plans for v in _kept_values(conn, plan))
+    for plan in plans:
+        plan.params.values["kept_emails"] = kept.emails
     report.seconds["plan"] = round(time.monotonic() - t_start, 3)
 
     # 2. count what will be replaced (for the report), sample the originals (memory only) and decide
     #    which needles prove anything
     t = time.monotonic()
     counts_of = {p.rule.table: _value_counts(conn, p) for p in plans if p.assignments}
-    needles: set[str] = set()
+    needles: dict[str, set[str]] = {}
     if verify:
         for plan in plans:
-            needles |= _sample(conn, plan, rules.sample_rows)
+            for n, sources in _sample(conn, plan, rules.sample_rows).items():
+                needles.setdefault(n, set()).update(sources)
         generated = {n for n in needles if _generated_shape(n)}
-        kept_text = "\n".join(_kept_text(conn, plan) for plan in plans)
-        kept = {n for n in needles if n in kept_text}
-        needles -= generated | kept
+        kept_needles = {n for n in needles if n in kept}
+        for n in generated | kept_needles:
+            del needles[n]
         report.needles_generated = len(generated)
-        report.needles_kept = len(kept)
+        report.needles_kept = len(kept_needles)
         if needles:
-            _load_needles(conn, needles)
-            public = _public_needles(conn, "odoops_needles")
-            needles -= public
+            public = _public_needles(conn, needles)
+            for n in public:
+                del needles[n]
             report.needles_public = len(public)
-            _load_needles(conn, needles)
         report.needles = len(needles)
     report.seconds["sample"] = round(time.monotonic() - t, 3)
 
     # 3. one UPDATE per table, all in one transaction
+    _mark(conn, "running")
     t = time.monotonic()
     with conn.transaction():
         conn.execute("SET LOCAL synchronous_commit = off")
@@ -1264,19 +1441,17 @@ def _anonymize(conn: psycopg.Connection, rules: Rules, key: str, filestore_path:
     # 6. the proof
     t = time.monotonic()
     if verify and needles:
-        report.residue = scan_database(conn)
+        report.residue_found = scan_database(conn, needles)
         if filestore_path:
             files = _text_attachment_files(conn, Path(filestore_path), rules.attachments.mimetypes)
-            report.residue += _scan_files(files, needles)
-        conn.execute("DROP TABLE IF EXISTS odoops_needles")
+            report.residue_found += _scan_files(files, needles)
+    report.residue = [(r.table, r.column, r.rows) for r in report.residue_found]
     needles.clear()
     report.seconds["scan"] = round(time.monotonic() - t, 3)
+    _mark(conn, "residue" if report.residue else "clean" if verify else "unverified")
     report.seconds["total"] = round(time.monotonic() - t_start, 3)
     if report.residue:
-        where = ", ".join(f"{tb}.{c} ({n})" for tb, c, n in report.residue[:12])
-        more = f" and {len(report.residue) - 12} more" if len(report.residue) > 12 else ""
-        raise ResidueFound(f"anonymization left original personal values in {where}{more}: add rules for these "
-                           "columns (rules file) and run it again", report)
+        raise ResidueFound(_residue_message(report), report)
     return report
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from psycopg import sql
 
 from odoops.errors import ConfigError
@@ -348,3 +350,170 @@ def test_attachments_never_touch_a_hardlinked_filestore(conn, odoo_db, tmp_path)
     assert dropped.attachments == 10
     assert conn.execute("SELECT count(*) FROM ir_attachment WHERE mimetype = 'text/plain'").fetchone()[0] == 0
     assert not (copy_fs / sha[:2] / sha).exists()
+
+
+# A database shaped like the benchmark one (shared/bench/big_odoo_rows.sql), small: 3,000 more partners
+# (companies and their contacts) and 4,000 chatter messages on them, authored in turn by OdooBot (partner 2),
+# the company (partner 1), the administrator, the demo user and staff users, with the copies Odoo makes of
+# the author's "Name" <address>: mail_message.email_from / reply_to, the outgoing queue (mail_mail: email_cc,
+# and email_to, a text column, holding the recipient's or the sender's own address), notifications and
+# tracked e-mail changes.
+SHAPED_ROWS = """
+SET session_replication_role = replica;
+INSERT INTO res_partner (id, name, complete_name, email, email_normalized, phone, phone_sanitized, street, city, zip,
+   comment, active, type, is_company, employee, partner_share, lang, parent_id, commercial_partner_id,
+   commercial_company_name, ref, create_uid, write_uid, create_date, write_date)
+SELECT 100000 + g, x.pname, CASE WHEN x.iscomp THEN x.cname ELSE x.cname || ', ' || x.pname END, x.em, x.em,
+  x.ph, replace(replace(x.ph, ' ', ''), '-', ''), g || ' Ridgeway Ave', 'Fairbanks', lpad((g * 7919 % 99999)::text, 5, '0'),
+  '<p>Prefers calls before noon, contact ' || x.em || '</p>', true, 'contact', x.iscomp, false, true, 'en_US',
+  CASE WHEN x.iscomp THEN NULL ELSE x.cid END, x.cid, x.cname, 'C' || g, 2, 2, now(), now()
+FROM generate_series(1, 3000) g
+CROSS JOIN LATERAL (SELECT (g - 1) % 10 = 0 AS iscomp, 100000 + g - (g - 1) % 10 AS cid,
+  'Quintero Freight ' || (g - 1) / 10 AS cname,
+  CASE WHEN (g - 1) % 10 = 0 THEN 'Quintero Freight ' || (g - 1) / 10
+       ELSE (ARRAY['Harriet', 'Osvaldo', 'Imogen', 'Tobias', 'Leonora'])[1 + g % 5] || ' Quenneville' || g END AS pname,
+  'contact' || g || '@quintero-freight.example.org' AS em, '+1 907-555-' || lpad(g::text, 4, '0') AS ph) x;
+SELECT setval('res_partner_id_seq', (SELECT max(id) FROM res_partner));
+INSERT INTO mail_message (id, res_id, model, record_name, message_type, subtype_id, author_id, email_from, reply_to, body,
+   subject, is_internal, message_id, date, create_date, write_date, create_uid, write_uid, reply_to_force_new)
+SELECT 100000 + m, p.id, 'res.partner', p.name, CASE WHEN m % 3 = 0 THEN 'email' ELSE 'comment' END, 2, a.id,
+  '"' || a.name || '" <' || a.email || '>', '"' || a.name || '" <' || a.email || '>',
+  '<p>Called ' || p.name || ' about order S' || m || ', follow-up by ' || a.name || '.</p>',
+  CASE WHEN m % 3 = 0 THEN 'Re: order S' || m END, false, '<' || m || '.shaped@example>', now(), now(), now(), 2, 2, false
+FROM generate_series(1, 4000) m
+JOIN res_partner p ON p.id = 100001 + m % 3000
+JOIN res_partner a ON a.id = (ARRAY[2, 1, 3, 7, 541, 542, 543, 2, 1, 3])[1 + m % 10];
+SELECT setval('mail_message_id_seq', (SELECT max(id) FROM mail_message));
+INSERT INTO mail_mail (id, mail_message_id, state, body_html, email_to, email_cc, headers, is_notification, auto_delete,
+   create_date, write_date)
+SELECT 100000 + m.id, m.id, 'sent', m.body,
+  CASE WHEN m.id % 2 = 0 THEN m.email_from ELSE '"' || p.name || '" <' || p.email || '>' END, m.email_from,
+  '{"Return-Path": "' || p.email || '", "X-Odoo-Objects": "res.partner-' || p.id || '"}', true, false, now(), now()
+FROM mail_message m JOIN res_partner p ON p.id = m.res_id AND m.model = 'res.partner'
+WHERE m.id > 100000 AND m.message_type = 'email';
+INSERT INTO mail_notification (author_id, mail_message_id, mail_mail_id, res_partner_id, notification_type,
+   notification_status, is_read)
+SELECT m.author_id, m.id, 100000 + m.id, m.res_id, 'email', 'sent', true
+FROM mail_message m WHERE m.id > 100000 AND m.message_type = 'email';
+INSERT INTO mail_tracking_value (field_id, mail_message_id, old_value_char, new_value_char, create_date, write_date)
+SELECT f.id, m.id, 'old.' || p.email, p.email, now(), now()
+FROM mail_message m JOIN res_partner p ON p.id = m.res_id
+JOIN ir_model_fields f ON f.model = 'res.partner' AND f.name = 'email'
+WHERE m.id > 100000 AND m.id % 7 = 0;
+SET session_replication_role = origin;
+"""
+# what the shaped rows hold that must be gone afterwards (all of it personal: contacts, not kept rows)
+SHAPED_ORIGINALS = re.compile(r"quenneville|quintero|907-555|ridgeway")
+KEPT_ADDRESSES = ('"OdooBot" <odoobot@example.com>', '"YourCompany" <info@yourcompany.com>')
+
+
+@pytest.fixture
+def shaped(conn):
+    with conn.cursor() as cur:
+        cur.execute(SHAPED_ROWS)
+    return conn
+
+
+def test_default_rules_pass_their_proof_on_a_benchmark_shaped_database(shaped, odoo_db):
+    """Messages by OdooBot and the company keep their "Name" <address> (kept rows) everywhere Odoo copies it,
+    those copies are never needles, and everything personal is gone: the default rules pass their own proof."""
+    conn = shaped
+    dbname, filestore = odoo_db
+    assert conn.execute("SELECT count(*) FROM mail_message WHERE author_id IN (1, 2)").fetchone()[0] == 1604
+    assert len(SHAPED_ORIGINALS.findall(_dump(dbname).lower())) > 20_000
+
+    report = anonymize(conn, load_rules(), KEY, filestore, user_password=PASSWORD)  # the default rules, as shipped
+
+    assert report.clean and report.residue == [] and report.needles > 1000
+    assert report.needles_kept > 0  # copies of kept values were sampled, and left out of the proof
+    assert conn.execute("SELECT value FROM ir_config_parameter WHERE key = 'odoops.anonymization'").fetchone() == ("clean",)
+    # kept everywhere: OdooBot's and the company's address, in the message and in every copy of it
+    kept = conn.execute(
+        "SELECT m.email_from, m.reply_to, mm.email_cc, mm.email_to FROM mail_message m "
+        "LEFT JOIN mail_mail mm ON mm.mail_message_id = m.id WHERE m.id > 100000 AND m.author_id IN (1, 2)").fetchall()
+    assert {r[0] for r in kept} == {r[1] for r in kept} == set(KEPT_ADDRESSES)
+    assert {r[2] for r in kept if r[2]} == set(KEPT_ADDRESSES)
+    # anonymized everywhere: the administrator's, the users' and the contacts' addresses and names
+    others = conn.execute("SELECT DISTINCT email_from FROM mail_message WHERE id > 100000 AND author_id NOT IN (1, 2)")
+    assert all("example.invalid" in r[0] for r in others)
+    assert SHAPED_ORIGINALS.findall(_dump(dbname).lower()) == []
+
+
+def test_residue_names_its_rule_rows_and_marks_the_copy(shaped, odoo_db, tmp_path):
+    """Rules without the outgoing queue: the error names the column, the rule the originals belong to, the row
+    count and --report; the report lists the row ids, never a value; the copy is marked not anonymized."""
+    conn = shaped
+    rules = load_rules()  # every row sampled, so that the counts are exact
+    rules = dataclasses.replace(rules, tables=tuple(t for t in rules.tables if t.table != "mail_mail"), sample_rows=10_000)
+    with pytest.raises(ResidueFound) as err:
+        anonymize(conn, rules, KEY, odoo_db[1], vacuum=False)
+    message = str(err.value)
+    # every queued address but OdooBot's and the company's (kept) is an original left in place
+    leaked = [r[0] for r in conn.execute("SELECT id FROM mail_mail WHERE email_to <> ALL(%s) ORDER BY id",
+                                         (list(KEPT_ADDRESSES),))]
+    assert len(leaked) == 1067
+    assert "\n" not in message and KEY not in message and not SHAPED_ORIGINALS.search(message.lower())
+    assert "mail_mail.email_to (1067 rows; originals of rule " in message
+    assert "--report FILE" in message and "odoops.anonymization=residue" in message
+    assert conn.execute("SELECT value FROM ir_config_parameter WHERE key = 'odoops.anonymization'").fetchone() == (
+        "residue",)
+    written = err.value.report.write(tmp_path / "report.json").read_text()
+    assert not SHAPED_ORIGINALS.search(written.lower()) and "odoobot@" not in written
+    data = json.loads(written)
+    assert data["clean"] is False
+    [queue] = [r for r in data["residue"] if (r["table"], r["column"]) == ("mail_mail", "email_to")]
+    assert queue["count"] == 1067 and queue["row_ids_complete"] and "res_partner.email" in queue["rules"]
+    # the ids are the rows that really hold the originals (the addresses the rules did not reach)
+    assert sorted(int(i) for i in queue["row_ids"]) == leaked
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_cli_anonymize_writes_the_report(shaped, odoo_db, tmp_path, pg_cluster, monkeypatch):
+    """`odoops anonymize ENV --report FILE` as typed: one red line and exit 2 on residue, the report on disk."""
+    from typer.testing import CliRunner
+
+    from odoops.cli import app
+    from tests.helpers import host_env, write_inventory
+
+    dbname, filestore = odoo_db
+    inv = write_inventory(tmp_path / "inv.yaml", {"staging": host_env(pg_cluster, dbname, filestore, stage="staging")})
+    rules = yaml.safe_load(Path("deployments/anonymize-rules.yaml").read_text())
+    del rules["tables"]["mail_mail"]
+    rules["sample_rows"] = 10_000
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    monkeypatch.setenv("ODOOPS_ANONYMIZE_KEY", KEY)
+    result = CliRunner().invoke(app, ["anonymize", "staging", "--inventory", str(inv), "--rules",
+                                      str(tmp_path / "rules.yaml"), "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: anonymization left original personal values in mail_mail.")
+    assert "--report FILE" in result.output and not SHAPED_ORIGINALS.search(result.output.lower())
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["clean"] is False
+    assert {(r["table"], r["column"]): r["count"] for r in report["residue"]}[("mail_mail", "email_to")] == 1067
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_cli_restore_anonymize_sample_passes_its_proof(pg_cluster, tmp_path, monkeypatch):
+    """`odoops restore sample.zip --to staging --anonymize --report FILE`: the default rules pass their proof."""
+    from typer.testing import CliRunner
+
+    from odoops.cli import app
+    from odoops.sandbox import SAMPLE_ZIP
+    from tests.helpers import drop_database, host_env, write_inventory
+
+    dbname = f"staging_{uuid.uuid4().hex[:8]}"
+    inv = write_inventory(tmp_path / "inv.yaml", {"staging": host_env(pg_cluster, dbname, tmp_path / "fs" / dbname,
+                                                                      stage="staging")})
+    monkeypatch.setenv("ODOOPS_ANONYMIZE_KEY", KEY)
+    try:
+        result = CliRunner().invoke(app, ["restore", str(SAMPLE_ZIP), "--to", "staging", "--anonymize", "--inventory",
+                                          str(inv), "--report", str(tmp_path / "r.json")])
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["clean"] is True and report["residue"] == [] and report["needles"] > 1000
+        assert report["rows"]["res_partner"] == 543
+        with psycopg.connect(pg_cluster.dsn(dbname)) as c:
+            assert c.execute("SELECT value FROM ir_config_parameter WHERE key = 'odoops.anonymization'").fetchone() \
+                == ("clean",)
+    finally:
+        drop_database(pg_cluster, dbname)
