@@ -15,8 +15,8 @@
 #   odoo-image/wheels-<key>/      key: requirements.txt, the host Python's version, the wheel recipe
 #   podman/storage.conf           Podman's storage (overlay), graphroot podman/storage, runroot podman/run: the
 #                                 image lives there and every Podman service the tests start shares it
-#   image tag odoops-odoo:17.0-<key>, key: the base and wheels keys, the Odoo tree's identity (its files' paths,
-#   sizes and mtimes) and the Dockerfile's text. Unchanged inputs: the script answers in a few seconds.
+#   image tag odoops-odoo:17.0-<key>, key: the base and wheels keys, the Odoo tree's identity (its files' paths
+#   and contents) and the Dockerfile's text. Unchanged inputs: the script answers in a few seconds.
 #
 # Usage: scripts/odoo-image.sh                  build (or find) the image
 #        scripts/odoo-image.sh --storage-conf   only write Podman's storage.conf and containers.conf and print
@@ -156,9 +156,10 @@ wheel_recipe='pip wheel -r requirements.txt setuptools<67 (host /usr/bin/python3
 wheelkey="$( { cat "$tree/requirements.txt"; printf '%s\n' "$pyver" "$(uname -m)" "$wheel_recipe"; } | hash16)"
 WHEELS="$IMG/wheels-$wheelkey"
 
-# What the image gets of the tree: everything but VCS data and bytecode; its identity is its file list.
-treekey="$(cd "$tree" && find . \( -name .git -o -name __pycache__ \) -prune -o -type f -printf '%P %s %T@\n' \
-    | LC_ALL=C sort | hash16)"
+# What the image gets of the tree: everything but VCS data and bytecode; its identity is its files' paths and
+# contents (not their mtimes: CI lays a fresh copy of the same tree elsewhere, and must not rebuild for that).
+treekey="$(cd "$tree" && find . \( -name .git -o -name __pycache__ \) -prune -o -type f -print0 \
+    | LC_ALL=C sort -z | xargs -0 sha256sum | hash16)"
 
 read -r -d '' DOCKERFILE <<'EOF' || true
 ARG BASE

@@ -119,10 +119,15 @@ own_installer() {
 }
 
 if [ -n "$installer" ]; then installer_text="$(cat "$installer")"; else installer_text="$(declare -f own_installer)"; fi
-key="$( { cat "$tree/requirements.txt"; printf '%s\n' "$installer_text" "$tree"; } | sha256sum | cut -c1-16)"
+# The venv depends on what is installed, not on where the tree lies (CI lays a fresh copy of it elsewhere):
+# its key is the requirements and the installer. The wrapper and env file, which name the tree, live in a
+# small folder of their own keyed by the tree's path, rewritten in a moment when missing.
+key="$( { cat "$tree/requirements.txt"; printf '%s\n' "$installer_text"; } | sha256sum | cut -c1-16)"
 VENV="$CACHE/odoo-$SERIES-$key"
-ENVFILE="$VENV/odoo.env"
+RUN="$CACHE/odoo-$SERIES-run-$(printf '%s' "$tree" | sha256sum | cut -c1-16)"
+ENVFILE="$RUN/odoo.env"
 STAMP="$VENV/.odoops-ready"
+TREESTAMP="$RUN/.compiled"
 
 compile_tree() {
     # Compile the tree into the writable bytecode cache (the tree may be read-only; these machines set
@@ -132,12 +137,44 @@ compile_tree() {
         >/dev/null 2>&1 || true
 }
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ] && [ -x "$VENV/bin/python" ] && [ -f "$ENVFILE" ]; then
-    # Same inputs: ready. Only sources changed since (an updated tree) need compiling again.
-    if [ -n "$(find "$tree/odoo" "$tree/addons" -name '*.py' -newer "$STAMP" -print -quit)" ]; then
+write_runner() {
+    # The wrapper (this venv's Python, this tree's odoo-bin, a writable bytecode cache) and the env file.
+    mkdir -p "$RUN/bin"
+    cat >"$RUN/bin/odoo-bin.partial" <<EOF
+#!/bin/sh
+# Odoo $SERIES from $tree, run by the Python of $VENV with a writable bytecode cache (written by scripts/odoo.sh).
+PYTHONPYCACHEPREFIX="\${PYTHONPYCACHEPREFIX:-$PYCACHE}"
+export PYTHONPYCACHEPREFIX
+exec "$VENV/bin/python" "$tree/odoo-bin" "\$@"
+EOF
+    chmod 755 "$RUN/bin/odoo-bin.partial"
+    mv "$RUN/bin/odoo-bin.partial" "$RUN/bin/odoo-bin"
+    version="$("$RUN/bin/odoo-bin" --version 2>/dev/null | tail -n 1)"
+    case "$version" in
+        *" $SERIES"*) ;;
+        *) die "the installed odoo-bin answers '${version:-nothing}', not Odoo $SERIES: delete $VENV and re-run" ;;
+    esac
+    {
+        printf 'ODOO_VERSION=%q\n' "$SERIES"
+        printf 'ODOO_VENV=%q\n' "$VENV"
+        printf 'ODOO_PYTHON=%q\n' "$VENV/bin/python"
+        printf 'ODOO_BIN=%q\n' "$RUN/bin/odoo-bin"
+        printf 'ODOO_ROOT=%q\n' "$tree"
+        printf 'ODOO_ADDONS_PATH=%q\n' "$tree/addons,$tree/odoo/addons"
+        printf 'PYTHONPYCACHEPREFIX=%q\n' "$PYCACHE"
+    } >"$ENVFILE.partial"
+    mv "$ENVFILE.partial" "$ENVFILE"
+    log "ready: $version ($RUN/bin/odoo-bin)"
+}
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$key" ] && [ -x "$VENV/bin/python" ]; then
+    # Same inputs: the venv is ready. This tree needs its wrapper once, and compiling when it is new or changed.
+    if [ ! -f "$TREESTAMP" ] || [ -n "$(find "$tree/odoo" "$tree/addons" -name '*.py' -newer "$TREESTAMP" -print -quit)" ]; then
         compile_tree
-        touch "$STAMP"
+        mkdir -p "$RUN"
+        touch "$TREESTAMP"
     fi
+    [ -f "$ENVFILE" ] && [ -x "$RUN/bin/odoo-bin" ] || write_runner
     echo "$ENVFILE"
     exit 0
 fi
@@ -151,34 +188,9 @@ else
 fi
 
 compile_tree
-
-cat >"$VENV/bin/odoo-bin.partial" <<EOF
-#!/bin/sh
-# Odoo $SERIES from $tree, run by this venv's Python with a writable bytecode cache (written by scripts/odoo.sh).
-PYTHONPYCACHEPREFIX="\${PYTHONPYCACHEPREFIX:-$PYCACHE}"
-export PYTHONPYCACHEPREFIX
-exec "$VENV/bin/python" "$tree/odoo-bin" "\$@"
-EOF
-chmod 755 "$VENV/bin/odoo-bin.partial"
-mv "$VENV/bin/odoo-bin.partial" "$VENV/bin/odoo-bin"
-
-version="$("$VENV/bin/odoo-bin" --version 2>/dev/null | tail -n 1)"
-case "$version" in
-    *" $SERIES"*) ;;
-    *) die "the installed odoo-bin answers '${version:-nothing}', not Odoo $SERIES: delete $VENV and re-run" ;;
-esac
-
-{
-    printf 'ODOO_VERSION=%q\n' "$SERIES"
-    printf 'ODOO_VENV=%q\n' "$VENV"
-    printf 'ODOO_PYTHON=%q\n' "$VENV/bin/python"
-    printf 'ODOO_BIN=%q\n' "$VENV/bin/odoo-bin"
-    printf 'ODOO_ROOT=%q\n' "$tree"
-    printf 'ODOO_ADDONS_PATH=%q\n' "$tree/addons,$tree/odoo/addons"
-    printf 'PYTHONPYCACHEPREFIX=%q\n' "$PYCACHE"
-} >"$ENVFILE.partial"
-mv "$ENVFILE.partial" "$ENVFILE"
+mkdir -p "$RUN"
+touch "$TREESTAMP"
+write_runner
 echo "$key" >"$STAMP.partial"
 mv "$STAMP.partial" "$STAMP"
-log "ready: $version ($VENV/bin/odoo-bin)"
 echo "$ENVFILE"
