@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,15 +30,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from odoops.sandbox import SAMPLE_ZIP, free_port, load_sample_database, start_cluster  # noqa: E402
 from tests.services_odoo import OdooInstall, read_env_file, write_odoo_config  # noqa: E402
-from tests.test_upgrade import Site, write_addon  # noqa: E402
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/web/health", timeout=2) as resp:  # noqa: S310 - loopback
-            return json.loads(resp.read()).get("status") == "pass"
-    except OSError:
-        return False
+from tests.test_upgrade import Site, healthy, write_addon  # noqa: E402
 
 
 def wait(predicate, seconds: float = 120) -> float:
