@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from odoops.errors import RefusedError
@@ -26,12 +26,14 @@ from tasks.postgres import connect
 def anonymize_flow(environment: str, rules: str | None = None, inventory: str | None = None,
                    report_file: str | None = None) -> dict[str, Any]:
     """Replace ENVIRONMENT's personal data, irreversibly, and prove none is left."""
-    from tasks.anonymize import ResidueFound, anonymize, key_from_env
+    from tasks.anonymize import ONE_TIME_KEY_NOTE, ResidueFound, anonymize, key_from_env, key_source
 
     inv, env = resolve(environment, inventory)
     if env.is_production:
         raise RefusedError(f"refusing to anonymize {env.name}: it is production (restore a copy and anonymize that)")
-    parameters = {"environment": environment, "rules": rules}
+    parameters = {"environment": environment, "rules": rules, "key": key_source()}
+    if parameters["key"] == "one-time":
+        get_run_logger().warning("%s", ONE_TIME_KEY_NOTE)
     try:
         with environment_slot(env.name), platform_for(env) as platform, platform.database() as conninfo, \
                 connect(conninfo) as conn:
@@ -48,7 +50,7 @@ def anonymize_flow(environment: str, rules: str | None = None, inventory: str | 
         raise
     if report_file:
         report.write(report_file)
-    data = report.as_dict()
+    data = {**report.as_dict(), "key": parameters["key"]}
     create_table_artifact(data["updated"], key="anonymization-columns", description="Values rewritten per column")
     create_markdown_artifact(f"## Anonymization of {env.name}\n\n- rows rewritten per table: {data['rows']}\n"
                              f"- residue scan of every text column and text attachment: **clean** "

@@ -118,7 +118,8 @@ def restore_flow(source: str, environment: str, neutralize: bool | None = None, 
     record_run(inv, "restore", env, parameters, "success", [b for b in (src.backup_id, pre_backup) if b], details)
     return {"environment": env.name, "source": src.description, "neutralized": copy["neutralized"],
             "anonymized": copy["anonymized"], "snapshot": snapshot.database if snapshot else None,
-            "pre_restore_backup": pre_backup, **checks["summary"]}
+            "pre_restore_backup": pre_backup, "anonymization_key": copy["summary"].get("anonymization_key"),
+            **checks["summary"]}
 
 
 @flow(name="restore-undo")

@@ -33,7 +33,7 @@ def _last_anonymization(environment: str, inventory: str | None) -> dict:
 
 
 def register(app: typer.Typer) -> None:
-    from odoops.cli import InventoryOpt, JsonOpt, console, fail, operator_errors, rich_progress
+    from odoops.cli import InventoryOpt, JsonOpt, console, err, fail, operator_errors, rich_progress
 
     @app.command("restore")
     def restore(source: Annotated[str, typer.Argument(help="Backup id, Odoo .zip/.dump file, s3://bucket/key, "
@@ -86,6 +86,10 @@ def register(app: typer.Typer) -> None:
                           f"{result['tables']} tables, {result['rows']:,} rows, {result['files']} files; neutralized "
                           f"{result['neutralized']}, anonymized {result['anonymized']}; undo with "
                           f"`odoops restore undo {result['environment']}`")
+            if result.get("anonymization_key") == "one-time":
+                from tasks.anonymize import ONE_TIME_KEY_NOTE
+
+                err.print(f"note: {ONE_TIME_KEY_NOTE}", highlight=False, soft_wrap=True)
 
     @app.command("anonymize")
     def anonymize_env(environment: str,
@@ -106,3 +110,7 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(f"[green]{environment} anonymized[/]: residue scan clean "
                           f"({sum(report['rows'].values()):,} rows rewritten)")
+        if report.get("key") == "one-time":
+            from tasks.anonymize import ONE_TIME_KEY_NOTE
+
+            err.print(f"note: {ONE_TIME_KEY_NOTE}", highlight=False, soft_wrap=True)

@@ -37,6 +37,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import tempfile
 import time
 from collections import Counter
@@ -288,11 +289,24 @@ def load_rules(path: str | Path | None = None) -> Rules:
 
 
 def key_from_env(var: str = KEY_ENV) -> str:
-    """The anonymization key from the environment; never logged."""
+    """The anonymization key; never logged, stored or put in a report.
+
+    A configured key (``ODOOPS_ANONYMIZE_KEY``) keeps pseudonyms stable from one run to the next. Without
+    one, a random key made for this run alone: pseudonyms are consistent within the run (across tables),
+    and since the key is forgotten when the run ends, nobody can map them back or repeat them.
+    """
     key = os.environ.get(var, "")
-    if not key:
-        raise ConfigError(f"no anonymization key: set the environment variable {var} (or a Prefect Secret block)")
-    return key
+    return key or secrets.token_urlsafe(32)
+
+
+def key_source(var: str = KEY_ENV) -> str:
+    """For the report and the audit record: ``configured`` or ``one-time`` (never the key)."""
+    return "configured" if os.environ.get(var) else "one-time"
+
+
+ONE_TIME_KEY_NOTE = (f"no {KEY_ENV} configured: this run used a random one-time key (pseudonyms consistent within "
+                     f"the run, irreversible, never stored); set {KEY_ENV} for pseudonyms that stay the same "
+                     "across runs")
 
 
 def odoo_password_hash(password: str, rounds: int = 600_000, salt: bytes | None = None) -> str:

@@ -6,6 +6,7 @@ so it verifies identically afterwards.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from tasks.postgres import (
 )
 
 Progress = Callable[[int], None] | None
+log = logging.getLogger(__name__)
 
 
 def _in_deployment_run() -> bool:
@@ -182,13 +184,16 @@ def make_it_a_copy(platform: Platform, source: RestoreSource, conninfo: ConnInfo
             odoo.refresh_copy_identity(conn, env.url)
             result["summary"]["new_identity"] = True
         if anonymize:
+            from tasks.anonymize import ONE_TIME_KEY_NOTE, key_from_env, key_source
             from tasks.anonymize import anonymize as run_anonymization
-            from tasks.anonymize import key_from_env
 
             report = run_anonymization(conn, rules, key_from_env(), filestore_path=folder)
             result["anonymized"] = True
-            result["anonymization"] = report.as_dict()
+            result["anonymization"] = {**report.as_dict(), "key": key_source()}
             result["summary"]["residue"] = "clean"
+            result["summary"]["anonymization_key"] = key_source()
+            if key_source() == "one-time":
+                log.warning("%s", ONE_TIME_KEY_NOTE)
     return result
 
 

@@ -517,3 +517,31 @@ def test_cli_restore_anonymize_sample_passes_its_proof(pg_cluster, tmp_path, mon
                 == ("clean",)
     finally:
         drop_database(pg_cluster, dbname)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_without_a_configured_key_a_one_time_key_is_used_and_said(pg_cluster, odoo_db, copies, tmp_path,
+                                                                    monkeypatch):
+    """No ceremony: without ODOOPS_ANONYMIZE_KEY the run uses a random key of its own, says so, and its
+    pseudonyms match no other run's (a configured key gives the same pseudonyms every time)."""
+    from typer.testing import CliRunner
+
+    from odoops.cli import app
+    from tasks.anonymize import key_from_env
+    from tests.helpers import host_env, write_inventory
+
+    monkeypatch.delenv("ODOOPS_ANONYMIZE_KEY", raising=False)
+    assert key_from_env() != key_from_env() and len(key_from_env()) >= 32
+    dbname, filestore = odoo_db
+    inv = write_inventory(tmp_path / "inv.yaml", {"staging": host_env(pg_cluster, dbname, filestore, stage="staging")})
+    result = CliRunner().invoke(app, ["anonymize", "staging", "--inventory", str(inv), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["key"] == "one-time"
+    assert "random one-time key" in result.stderr and "ODOOPS_ANONYMIZE_KEY" in result.stderr
+    other = copies()
+    anonymize(other, load_rules(), key_from_env(), vacuum=False, verify=False)
+    with psycopg.connect(pg_cluster.dsn(dbname)) as conn:
+        first = _snapshot(conn)
+    second = _snapshot(other)
+    assert sum(x[1] != y[1] for x, y in zip(first, second, strict=True)) >= 540, "pseudonyms differ between runs"
+    other.close()
