@@ -17,12 +17,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from odoops.errors import RefusedError
 from odoops.platforms import platform_for
-from odoops.runtime import record_run, resolve
+from odoops.runtime import record_run, resolve, run_name
 from odoops.slots import environment_slot
 from tasks.postgres import connect
 
 
-@flow(name="anonymize")
+@flow(name="anonymize", flow_run_name=run_name("anonymize/{environment}"))
 def anonymize_flow(environment: str, rules: str | None = None, inventory: str | None = None,
                    report_file: str | None = None) -> dict[str, Any]:
     """Replace ENVIRONMENT's personal data, irreversibly, and prove none is left."""

@@ -19,7 +19,7 @@ from prefect.utilities.annotations import quote
 
 from odoops.inventory import BACKUP_KINDS
 from odoops.platforms import platform_for
-from odoops.runtime import progress, record_run, repository_for, resolve
+from odoops.runtime import progress, record_run, repository_for, resolve, run_name
 from odoops.slots import environment_slot
 from tasks import backup as steps
 from tasks.archive import new_backup_id, now_utc
@@ -69,7 +69,7 @@ def _publish(manifest: dict[str, Any], storage: str) -> None:
     )
 
 
-@flow(name="backup", log_prints=True)
+@flow(name="backup", log_prints=True, flow_run_name=run_name("backup/{environment}"))
 def backup_flow(environment: str, kind: str = "manual", storage: str | None = None,
                 inventory: str | None = None) -> dict[str, Any]:
     """Back up ENVIRONMENT's database, filestore and configuration into its backup storage."""

@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from odoops.runtime import run_name
 from odoops.sizes import measure_production_sizes
 from tasks import costs
 
@@ -80,7 +81,7 @@ def measure_sizes(inventory: str | None) -> tuple[dict[str, float], list[str]]:
     return measure_production_sizes(inventory)
 
 
-@flow(name="cost-report", log_prints=False)
+@flow(name="cost-report", log_prints=False, flow_run_name=run_name("cost-report"))
 def cost_report_flow(
     inputs_file: str | None = None,
     out_dir: str = "reports/costs",

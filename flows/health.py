@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from odoops.errors import OdoopsError
 from odoops.inventory import Environment, load_inventory
 from odoops.platforms import platform_for
-from odoops.runtime import record_run
+from odoops.runtime import record_run, run_name
 from tasks import health
 
 STATUS_ICON = {"ok": "✅", "warn": "⚠️", "critical": "❌", "skipped": "➖"}
@@ -99,7 +99,7 @@ def publish_task(report: health.HealthReport) -> None:
                              description=f"Health of {report.environment}: {report.status}")
 
 
-@flow(name="health", log_prints=False)
+@flow(name="health", log_prints=False, flow_run_name=run_name("health/{environment}"))
 def health_flow(environment: str, inventory: str | None = None) -> dict[str, Any]:
     """Check one environment; return the report as a dict; raise ``HealthCritical`` when it is critical.
 

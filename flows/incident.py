@@ -27,7 +27,7 @@ from flows.health import artifact_key
 from odoops.errors import ConfigError, OdoopsError, RefusedError
 from odoops.inventory import Environment, Inventory, load_inventory
 from odoops.platforms import platform_for
-from odoops.runtime import record_run
+from odoops.runtime import record_run, run_name
 from odoops.slots import environment_slot
 from tasks import health
 
@@ -103,7 +103,7 @@ def run_incident(inv: Inventory, env: Environment, action: str, apply: bool, con
     return result
 
 
-@flow(name="incident", log_prints=False)
+@flow(name="incident", log_prints=False, flow_run_name=run_name("incident/{action}/{environment}"))
 def incident_flow(environment: str, action: Action, apply: bool = False, confirm: str | None = None,
                   inventory: str | None = None, older_than: float = 300, min_dead_ratio: float = 0.2,
                   min_dead_tuples: int = 1000, slow_log: Literal["on", "off"] = "on", ms: int = 500,

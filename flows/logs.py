@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from odoops.errors import ConfigError
 from odoops.inventory import load_inventory
-from odoops.runtime import record_run
+from odoops.runtime import record_run, run_name
 from tasks.logs import (
     AnalysisOptions,
     LogGateFailed,
@@ -94,7 +94,7 @@ def _audit(inventory: str | None, sources: list[str], parameters: dict[str, Any]
         record_run(inv, "logs", env, parameters, outcome, details=details)
 
 
-@flow(name="logs")
+@flow(name="logs", flow_run_name=run_name("logs/{sources}"))
 def logs_flow(sources: list[str], since: str | None = None, fail_on: str | None = None,
               ignore: list[str] | None = None, slow_threshold: float = 2.0, top: int = 10,
               inventory: str | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from odoops.inventory import load_inventory
-from odoops.runtime import record_run, repository_for
+from odoops.runtime import record_run, repository_for, run_name
 from tasks.retention import plan_retention
 from tasks.storage import LocalStore, S3Store
 
@@ -35,7 +35,7 @@ def plan_prune(inventory, environment: str | None = None) -> dict[str, Any]:
     return plans
 
 
-@flow(name="prune-backups")
+@flow(name="prune-backups", flow_run_name=run_name("prune/{environment}"))
 def prune_flow(environment: str | None = None, apply: bool = False, inventory: str | None = None) -> dict[str, Any]:
     """Delete backups the retention policy no longer keeps (dry run unless APPLY)."""
     inv = load_inventory(inventory)

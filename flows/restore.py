@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from odoops.errors import ConfigError, IntegrityError, RefusedError
 from odoops.platforms import platform_for
-from odoops.runtime import progress, record_run, resolve
+from odoops.runtime import progress, record_run, resolve, run_name
 from odoops.slots import environment_slot
 from tasks import restore as swap
 from tasks.postgres import database_exists
@@ -47,7 +47,7 @@ def restore_filestore(source, folder: Path):
     return load_filestore(source, folder, progress("filestore"))
 
 
-@flow(name="restore")
+@flow(name="restore", flow_run_name=run_name("restore/{source}→{environment}"))
 def restore_flow(source: str, environment: str, neutralize: bool | None = None, anonymize: bool = False,
                  rules: str | None = None, confirm: str | None = None, allow_version_change: bool = False,
                  inventory: str | None = None) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def restore_flow(source: str, environment: str, neutralize: bool | None = None, 
             **checks["summary"]}
 
 
-@flow(name="restore-undo")
+@flow(name="restore-undo", flow_run_name=run_name("restore-undo/{environment}"))
 def restore_undo_flow(environment: str, confirm: str | None = None, inventory: str | None = None) -> dict[str, Any]:
     """Put back ENVIRONMENT's state from before its last restore."""
     inv, env = resolve(environment, inventory)

@@ -33,7 +33,7 @@ from odoops.errors import ConfigError, OdoopsError, RefusedError
 from odoops.inventory import Environment
 from odoops.platforms import platform_for
 from odoops.platforms.base import Platform
-from odoops.runtime import record_run, resolve
+from odoops.runtime import record_run, resolve, run_name
 from odoops.slots import environment_slot
 from tasks import odoo, releases, snapshot
 from tasks.health import login_check, thresholds_for
@@ -165,7 +165,7 @@ def _resume_rollback(env: Environment, platform: Platform, target: ConnInfo) -> 
     return {"snapshot": pending.database, "reason": pending.reason, "checks": verify_serving(env, target)}
 
 
-@flow(name="upgrade")
+@flow(name="upgrade", flow_run_name=run_name("upgrade/{environment}/{modules}"))
 def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules: bool = False,
                  code: str | None = None, timeout_seconds: float = 1800, confirm: str | None = None,
                  resume_rollback: bool = False, inventory: str | None = None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.verify import locate_backup
 from odoops.errors import ConfigError, RefusedError
 from odoops.platforms import platform_for
-from odoops.runtime import record_run, resolve
+from odoops.runtime import record_run, resolve, run_name
 from tasks import odoo, releases
 from tasks.drill import SCRATCH_PREFIX, restore_into_scratch, scratch_name
 from tasks.postgres import connect, drop_database, table_row_counts
@@ -44,7 +44,7 @@ def _verdict(run: odoo.UpdateRun, after: dict[str, tuple[str, str | None]]) -> s
     return "would succeed"
 
 
-@flow(name="upgrade-rehearsal")
+@flow(name="upgrade-rehearsal", flow_run_name=run_name("upgrade-rehearsal/{environment}/{modules}"))
 def rehearse_upgrade_flow(environment: str, modules: list[str] | None = None, all_modules: bool = False,
                           code: str | None = None, timeout_seconds: float = 1800, keep: bool = False,
                           inventory: str | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from odoops.errors import IntegrityError
 from odoops.inventory import load_inventory
 from odoops.platforms import platform_for
-from odoops.runtime import progress, record_run, repository_for
+from odoops.runtime import progress, record_run, repository_for, run_name
 from tasks.drill import drill_backup
 
 
@@ -45,7 +45,7 @@ def drill(repo, backup_id: str, server) -> Any:
     return drill_backup(repo, backup_id, server, progress=progress("drill filestore"))
 
 
-@flow(name="verify-backup")
+@flow(name="verify-backup", flow_run_name=run_name("verify/{backup_id}"))
 def verify_flow(backup_id: str, inventory: str | None = None) -> dict[str, Any]:
     """Re-read every part and object of BACKUP_ID and check their sha256."""
     inv = load_inventory(inventory)
@@ -63,7 +63,7 @@ def verify_flow(backup_id: str, inventory: str | None = None) -> dict[str, Any]:
     return {"backup_id": backup_id, "ok": True}
 
 
-@flow(name="drill-backup")
+@flow(name="drill-backup", flow_run_name=run_name("drill/{backup_id}"))
 def drill_flow(backup_id: str, inventory: str | None = None) -> dict[str, Any]:
     """Restore BACKUP_ID into a scratch database and filestore, check it against its manifest, drop it."""
     inv = load_inventory(inventory)

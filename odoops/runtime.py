@@ -74,3 +74,30 @@ def record_run(inventory: Inventory, runbook: str, env: Environment | None, para
                      make_record(runbook, env.name if env else None, parameters, outcome, backup_ids, details))
     except Exception as exc:  # noqa: BLE001
         _run_logger().error("could not write the audit record: %s", exc)
+
+
+def run_name(template: str) -> Callable[[], str]:
+    """Name a flow run after what it does, e.g. ``backup/{environment}`` → ``backup/production/2026-12-02T02:00``.
+
+    The UI's run list then says which environment each run touched (Prefect's default is a random
+    ``adjective-animal``). Parameters fill the template, shortened: a path by its file name, a list joined.
+    """
+    def name() -> str:
+        import string
+        from datetime import UTC, datetime
+
+        from prefect.runtime import flow_run
+
+        values = {key: _short(value) for key, value in (flow_run.parameters or {}).items()}
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+        text = template.format(**{f: values.get(f) or "-" for f in fields})
+        return f"{text}/{datetime.now(UTC):%Y-%m-%dT%H:%M}"
+
+    return name
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(_short(v) for v in value)[:60]
+    text = "" if value is None or value is False else str(value)
+    return (text.rsplit("/", 1)[-1] if "/" in text else text)[:60]

@@ -236,3 +236,21 @@ def test_config_file_is_kept_with_secrets_masked(tmp_path, pg_cluster, odoo_db):
     stored = repo_of(inv).store.get_bytes(f"backups/{backup_id}/odoo.conf").decode()
     assert "supersecret" not in stored and "hunter2" not in stored
     assert "workers = 4" in stored and "admin_passwd = ***" in stored and "smtp_password = False" in stored
+
+
+def test_runs_are_named_after_what_they_do(inventory):
+    """The UI's run list says which runbook touched which environment, not `imaginary-okapi`."""
+    from prefect.client.orchestration import get_client
+
+    from flows.backup import backup_flow
+    from flows.verify import verify_flow
+
+    state = backup_flow("production", inventory=str(inventory), return_state=True)
+    backup_id = state.result()["backup_id"]
+    verified = verify_flow(backup_id, inventory=str(inventory), return_state=True)
+    with get_client(sync_client=True) as client:
+        backup_run = client.read_flow_run(state.state_details.flow_run_id)
+        verify_run = client.read_flow_run(verified.state_details.flow_run_id)
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d"
+    assert re.fullmatch(rf"backup/production/{stamp}", backup_run.name), backup_run.name
+    assert re.fullmatch(rf"verify/{re.escape(backup_id)}/{stamp}", verify_run.name), verify_run.name
