@@ -59,3 +59,24 @@ def register(app: typer.Typer) -> None:
             changed = ", ".join(f"{m} {a} → {b}" for m, (a, b) in result["versions"].items() if a != b) or "none"
             console.print(f"[green]{environment} updated[/] in {sum(result['phases'].values()):.0f} s; versions "
                           f"changed: {changed}; snapshot {result['snapshot']} kept for a manual rollback")
+
+    @app.command("rollback")
+    def rollback(environment: str,
+                 restore_data: Annotated[bool, typer.Option("--restore-data", help="Really replace the database "
+                                         "and filestore with the snapshot (writes since are kept aside, not live).")]
+                 = False,
+                 confirm: Annotated[str | None, typer.Option("--confirm", help="Name of a production target.")] = None,
+                 inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
+        """Go back to ENVIRONMENT's state before its last upgrade (database, filestore and code)."""
+        import json
+
+        with operator_errors():
+            from flows.rollback import rollback_flow
+
+            result = rollback_flow(environment, restore_data=restore_data, confirm=confirm, inventory=inventory)
+        if as_json:
+            print(json.dumps(result, indent=1, default=str))
+            return
+        console.print(f"[green]{environment} is back[/] to its state before its {result['reason']}; the replaced "
+                      f"state is kept as {result['replaced_kept_as']}")
+

@@ -165,8 +165,7 @@ def interrupted(server: ConnInfo, environment: str) -> Snapshot | None:
 
 def keep(server: ConnInfo, snapshot: Snapshot, kept: int = KEPT) -> list[str]:
     """The change succeeded: the snapshot stays for a later rollback; older confirmed ones are dropped."""
-    with connect(server.with_dbname("postgres")) as conn:
-        _mark(conn, Snapshot(**{**asdict(snapshot), "state": "kept"}))
+    annotate(server, snapshot, state="kept")  # over the journal: the code it switched stays recorded
     dropped = []
     for old in [s for s in snapshots(server, snapshot.environment) if s.state == "kept"][kept:]:
         drop_snapshot(server, old)
@@ -174,8 +173,12 @@ def keep(server: ConnInfo, snapshot: Snapshot, kept: int = KEPT) -> list[str]:
     return dropped
 
 
-def put_back(server: ConnInfo, snapshot: Snapshot) -> None:
-    """Rename the changed state aside, the snapshot into place, then drop the changed state. All or nothing."""
+def put_back(server: ConnInfo, snapshot: Snapshot, keep_replaced: str | None = None) -> Snapshot | None:
+    """Rename the changed state aside, the snapshot into place, then drop the changed state. All or nothing.
+
+    With ``keep_replaced`` (a reason), the replaced state is not dropped but kept as a snapshot in its
+    turn (returned): a rollback after a success can itself be undone, since that state has real writes.
+    """
     stamp = _stamp()
     failed_db = owned_name(snapshot.target, f"failed_{stamp}")
     target_fs = Path(snapshot.target_filestore) if snapshot.target_filestore else None
@@ -199,9 +202,17 @@ def put_back(server: ConnInfo, snapshot: Snapshot) -> None:
             raise
         conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
             sql.Identifier(snapshot.target), sql.Literal(snapshot.target_comment)))
+        if keep_replaced and database_mark(conn, failed_db) is not None:
+            replaced = Snapshot(snapshot.environment, snapshot.target, failed_db,
+                                str(failed_fs) if failed_fs is not None and failed_fs.exists() else None,
+                                snapshot.target_filestore, datetime.now(UTC).isoformat(), keep_replaced, "kept",
+                                target_comment=snapshot.target_comment)
+            _mark(conn, replaced)
+            return replaced
         if database_mark(conn, failed_db) is not None:
             set_database_mark(conn, failed_db, {"kind": "rolled-back", "environment": snapshot.environment})
             terminate_sessions(conn, failed_db)
             conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(failed_db)))
     if failed_fs is not None and failed_fs.exists():
         shutil.rmtree(failed_fs, ignore_errors=True)
+    return None

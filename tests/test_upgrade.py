@@ -326,3 +326,31 @@ def test_a_rehearsal_reports_and_never_touches_the_environment(site, pg_cluster,
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'odoops_scratch_rehearsal%'"
                             ).fetchone()[0] == 0
     assert not list(site.filestore.parent.glob("odoops_scratch_rehearsal*"))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_rollback_after_a_success_needs_restore_data_and_keeps_the_replaced_state(site, pg_cluster):
+    from flows.rollback import rollback_flow
+    from flows.upgrade import upgrade_flow
+
+    before = site.state()
+    write_addon(site.releases / "v2", "17.0.1.1.0", tier=True)
+    upgrade_flow("staging", modules=["acme_custom"], code=str(site.releases / "v2"), inventory=str(site.inventory))
+    with psycopg.connect(pg_cluster.dsn(site.dbname), autocommit=True) as conn:  # a write made after the upgrade
+        conn.execute("UPDATE res_partner SET acme_tier = 'a' WHERE id = 3")
+    after_upgrade = site.state()
+    with pytest.raises(RefusedError, match=r"would be lost from the live state .*--restore-data"):
+        rollback_flow("staging", inventory=str(site.inventory))
+    assert site.state() == after_upgrade, "refused: nothing touched"
+
+    result = rollback_flow("staging", restore_data=True, inventory=str(site.inventory))
+    assert result["checks"]["problems"] == [] and site.state() == before
+    assert not column_exists(pg_cluster, site.dbname, "acme_tier") and module_version(pg_cluster, site.dbname) == \
+        "17.0.1.0.0"
+    assert os.readlink(site.current) == str(site.releases / "v1") and xmlrpc_authenticate(site.url, site.dbname,
+                                                                                            *ADMIN)
+    kept = result["replaced_kept_as"]  # the way forward again: the upgraded state with its write
+    with psycopg.connect(pg_cluster.dsn(kept)) as conn:
+        assert conn.execute("SELECT acme_tier FROM res_partner WHERE id = 3").fetchone() == ("a",)
+    [replaced] = [s for s in snapshot.snapshots(ConnInfo.from_dsn(pg_cluster.dsn()), "staging") if s.database == kept]
+    assert replaced.code == {"link": str(site.current), "previous": str(site.releases / "v2")}
