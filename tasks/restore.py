@@ -43,26 +43,26 @@ def sibling_folder(target_fs: Path, tag: str) -> Path:
     return target_fs.parent / f".{target_fs.name}.odoops-{tag}"
 
 
-def _comment(conn, dbname: str) -> str | None:
+def database_mark(conn, dbname: str) -> str | None:
     row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                        (dbname,)).fetchone()
     return None if row is None else (row[0] or "")
 
 
-def _set_comment(conn, dbname: str, data: dict[str, Any] | None) -> None:
+def set_database_mark(conn, dbname: str, data: dict[str, Any] | None) -> None:
     value = None if data is None else MARK + json.dumps(data, sort_keys=True)
     conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(dbname), sql.Literal(value)))
 
 
-def _terminate(conn, dbname: str) -> None:
+def terminate_sessions(conn, dbname: str) -> None:
     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
                  "pg_backend_pid()", (dbname,))
 
 
-def _rename(conn, old: str, new: str, attempts: int = 10) -> None:
+def rename_database(conn, old: str, new: str, attempts: int = 10) -> None:
     """Rename a database, pushing out sessions (Odoo may reconnect if it could not be stopped)."""
     for attempt in range(attempts):
-        _terminate(conn, old)
+        terminate_sessions(conn, old)
         try:
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
             return
@@ -76,15 +76,15 @@ def prepare_scratch(server: ConnInfo, target_db: str, target_fs: Path, source: s
     """Create the empty temporary database and folder; clean what an interrupted restore left."""
     temp_db, temp_fs = owned_name(target_db, "restore"), sibling_folder(target_fs, "restore")
     with connect(server.with_dbname("postgres")) as conn:
-        comment = _comment(conn, temp_db)
+        comment = database_mark(conn, temp_db)
         if comment is not None:
             if not comment.startswith(MARK):
                 raise RefusedError(f"database {temp_db!r} exists and odoops did not create it: rename or drop it "
                                    "yourself (odoops never drops a database it does not own)")
-            _terminate(conn, temp_db)
+            terminate_sessions(conn, temp_db)
             conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(temp_db)))
         conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(sql.Identifier(temp_db)))
-        _set_comment(conn, temp_db, {"kind": "restore-in-progress", "target": target_db, "source": source,
+        set_database_mark(conn, temp_db, {"kind": "restore-in-progress", "target": target_db, "source": source,
                                      "at": datetime.now(UTC).isoformat(timespec="seconds")})
     if temp_fs.exists():
         if not (temp_fs / ".odoops-restore").exists():
@@ -98,9 +98,9 @@ def prepare_scratch(server: ConnInfo, target_db: str, target_fs: Path, source: s
 def discard_scratch(server: ConnInfo, temp_db: str, temp_fs: Path) -> None:
     """Drop the temporary database and folder of a restore that did not complete."""
     with connect(server.with_dbname("postgres")) as conn:
-        comment = _comment(conn, temp_db)
+        comment = database_mark(conn, temp_db)
         if comment is not None and comment.startswith(MARK):
-            _terminate(conn, temp_db)
+            terminate_sessions(conn, temp_db)
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(temp_db)))
     if (temp_fs / ".odoops-restore").exists():
         shutil.rmtree(temp_fs, ignore_errors=True)
@@ -128,12 +128,12 @@ def swap_in(server: ConnInfo, environment: str, target_db: str, target_fs: Path,
     (temp_fs / ".odoops-restore").unlink()
     with connect(server.with_dbname("postgres")) as conn:
         try:
-            had_target = _comment(conn, target_db) is not None
+            had_target = database_mark(conn, target_db) is not None
             if had_target:
-                _rename(conn, target_db, prev_db)
-                undo.append(lambda: _rename(conn, prev_db, target_db))
-            _rename(conn, temp_db, target_db)
-            undo.append(lambda: _rename(conn, target_db, temp_db))
+                rename_database(conn, target_db, prev_db)
+                undo.append(lambda: rename_database(conn, prev_db, target_db))
+            rename_database(conn, temp_db, target_db)
+            undo.append(lambda: rename_database(conn, target_db, temp_db))
             if target_fs.exists():
                 os.rename(target_fs, prev_fs)
                 undo.append(lambda: os.rename(prev_fs, target_fs))
@@ -145,26 +145,30 @@ def swap_in(server: ConnInfo, environment: str, target_db: str, target_fs: Path,
                 step()
             (temp_fs / ".odoops-restore").write_text(source)
             raise
-        _set_comment(conn, target_db, None)
+        set_database_mark(conn, target_db, None)
         if had_target:
             snapshot = Snapshot(environment, target_db, prev_db, str(prev_fs) if prev_fs.exists() else None,
                                 datetime.now(UTC).isoformat(), source)
-            _set_comment(conn, prev_db, {"kind": "pre-restore", **snapshot.__dict__})
+            set_database_mark(conn, prev_db, {"kind": "pre-restore", **snapshot.__dict__})
     return snapshot
+
+
+def marked_databases(server: ConnInfo, kind: str, environment: str) -> list[dict[str, Any]]:
+    """The marks (without ``kind``) of the databases odoops keeps for ``environment`` as ``kind``, newest first."""
+    with connect(server.with_dbname("postgres")) as conn:
+        rows = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                            "WHERE shobj_description(oid, 'pg_database') LIKE %s", (MARK + "%",)).fetchall()
+    marks = []
+    for (comment,) in rows:
+        data = json.loads(comment[len(MARK):])
+        if data.pop("kind", None) == kind and data.get("environment") == environment:
+            marks.append(data)
+    return sorted(marks, key=lambda m: m["at"], reverse=True)
 
 
 def list_snapshots(server: ConnInfo, environment: str) -> list[Snapshot]:
     """This environment's pre-restore snapshots, newest first."""
-    with connect(server.with_dbname("postgres")) as conn:
-        rows = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                            "WHERE shobj_description(oid, 'pg_database') LIKE %s", (MARK + "%",)).fetchall()
-    snapshots = []
-    for (comment,) in rows:
-        data = json.loads(comment[len(MARK):])
-        if data.get("kind") == "pre-restore" and data.get("environment") == environment:
-            data.pop("kind")
-            snapshots.append(Snapshot(**data))
-    return sorted(snapshots, key=lambda s: s.at, reverse=True)
+    return [Snapshot(**mark) for mark in marked_databases(server, "pre-restore", environment)]
 
 
 class Kept(Protocol):
@@ -176,10 +180,10 @@ class Kept(Protocol):
 
 def drop_snapshot(server: ConnInfo, snapshot: Kept) -> None:
     with connect(server.with_dbname("postgres")) as conn:
-        comment = _comment(conn, snapshot.database)
+        comment = database_mark(conn, snapshot.database)
         if comment is None or not comment.startswith(MARK):
             raise RefusedError(f"database {snapshot.database!r} is not an odoops snapshot: not dropping it")
-        _terminate(conn, snapshot.database)
+        terminate_sessions(conn, snapshot.database)
         conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(snapshot.database)))
     if snapshot.filestore:
         shutil.rmtree(snapshot.filestore, ignore_errors=True)
@@ -204,10 +208,10 @@ def undo_restore(server: ConnInfo, environment: str, target_fs: Path) -> Snapsho
     with connect(server.with_dbname("postgres")) as conn:
         steps: list = []
         try:
-            _rename(conn, last.target, undone_db)
-            steps.append(lambda: _rename(conn, undone_db, last.target))
-            _rename(conn, last.database, last.target)
-            steps.append(lambda: _rename(conn, last.target, last.database))
+            rename_database(conn, last.target, undone_db)
+            steps.append(lambda: rename_database(conn, undone_db, last.target))
+            rename_database(conn, last.database, last.target)
+            steps.append(lambda: rename_database(conn, last.target, last.database))
             if target_fs.exists():
                 os.rename(target_fs, undone_fs)
                 steps.append(lambda: os.rename(undone_fs, target_fs))
@@ -217,8 +221,8 @@ def undo_restore(server: ConnInfo, environment: str, target_fs: Path) -> Snapsho
             for step in reversed(steps):
                 step()
             raise
-        _set_comment(conn, last.target, None)
+        set_database_mark(conn, last.target, None)
         replaced = Snapshot(environment, last.target, undone_db, str(undone_fs) if undone_fs.exists() else None,
                             datetime.now(UTC).isoformat(), f"undo of restore from {last.source}")
-        _set_comment(conn, undone_db, {"kind": "pre-restore", **replaced.__dict__})
+        set_database_mark(conn, undone_db, {"kind": "pre-restore", **replaced.__dict__})
     return last

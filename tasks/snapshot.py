@@ -33,11 +33,17 @@ from psycopg import sql
 
 from odoops.errors import DiskFull, RefusedError
 from tasks.postgres import ConnInfo, connect
-from tasks.restore import MARK, drop_snapshot, owned_name, sibling_folder
-from tasks.restore import _comment as database_mark
-from tasks.restore import _rename as rename_database
-from tasks.restore import _set_comment as set_database_mark
-from tasks.restore import _terminate as terminate_sessions
+from tasks.restore import (
+    MARK,
+    database_mark,
+    drop_snapshot,
+    marked_databases,
+    owned_name,
+    rename_database,
+    set_database_mark,
+    sibling_folder,
+    terminate_sessions,
+)
 
 SNAPSHOT_KIND = "rollback-snapshot"
 KEPT = 2  # confirmed snapshots kept per environment; in-progress ones are never dropped automatically
@@ -147,15 +153,7 @@ def annotate(server: ConnInfo, snapshot: Snapshot, **changes: Any) -> None:
 
 def snapshots(server: ConnInfo, environment: str) -> list[Snapshot]:
     """The environment's rollback snapshots, newest first."""
-    with connect(server.with_dbname("postgres")) as conn:
-        rows = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                            "WHERE shobj_description(oid, 'pg_database') LIKE %s", (MARK + "%",)).fetchall()
-    found = []
-    for (comment,) in rows:
-        data: dict[str, Any] = json.loads(comment[len(MARK):])
-        if data.pop("kind", None) == SNAPSHOT_KIND and data.get("environment") == environment:
-            found.append(Snapshot(**data))
-    return sorted(found, key=lambda s: s.at, reverse=True)
+    return [Snapshot(**mark) for mark in marked_databases(server, SNAPSHOT_KIND, environment)]
 
 
 def interrupted(server: ConnInfo, environment: str) -> Snapshot | None:

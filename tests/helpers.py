@@ -121,3 +121,19 @@ def file_sha1s(folder: Path) -> dict[str, str]:
 
     return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def kill_when(proc, condition, output, timeout: float = 120) -> None:
+    """SIGKILL the run's whole process group once ``condition()`` holds (and in any case, so no test leaves
+    it running); nobody frees its environment afterwards: the next run must find the dead holder itself.
+    ``output()`` is what the run printed, for the failure message when it ends before the fault point."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while not condition():
+            assert proc.poll() is None, f"the run ended before the fault point: {output()[-2000:]}"
+            assert time.monotonic() < deadline, f"fault point never reached: {output()[-2000:]}"
+            time.sleep(0.002)
+    finally:
+        kill_group(proc)

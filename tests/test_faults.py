@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -16,7 +15,7 @@ from odoops.errors import DiskFull, LockedError, StorageError
 from odoops.inventory import load_inventory
 from odoops.runtime import repository_for
 from tests.faulty_proxy import FaultyProxy
-from tests.helpers import grow, host_env, kill_group, parts_in_tmp, write_inventory
+from tests.helpers import grow, host_env, kill_when, parts_in_tmp, write_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +91,10 @@ def test_s3_that_keeps_failing_lists_nothing_and_prune_cleans(tmp_path, pg_clust
     assert not boto3.client("s3", endpoint_url=endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
+def stderr_of(proc: subprocess.Popen):
+    return lambda: proc.stderr.read().decode()
+
+
 def start_backup_cli(inv: Path, tmp_path: Path) -> subprocess.Popen:
     """The CLI in its own process group (so all of it can be killed), on the session's Prefect server."""
     from prefect.settings import PREFECT_API_URL
@@ -99,21 +102,6 @@ def start_backup_cli(inv: Path, tmp_path: Path) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     return subprocess.Popen([sys.executable, "-m", "odoops", "backup", "production", "--inventory", str(inv)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-
-
-def kill_when(proc: subprocess.Popen, condition, timeout: float = 90) -> None:
-    """SIGKILL the whole run at the fault point (and in any case, so no test leaves it running).
-
-    Nobody frees its environment afterwards: the next run must find the dead holder itself.
-    """
-    deadline = time.monotonic() + timeout
-    try:
-        while not condition():
-            assert proc.poll() is None, f"backup ended before the fault point: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "fault point never reached"
-            time.sleep(0.002)
-    finally:
-        kill_group(proc)
 
 
 @pytest.mark.parametrize("moment", ["dump", "filestore"])
@@ -127,7 +115,7 @@ def test_backup_killed_mid_way_is_never_listed(tmp_path, pg_cluster, odoo_db, mo
     inv = write_inventory(tmp_path / "inv.yaml", {"production": host_env(pg_cluster, dbname, filestore)})
     backups = tmp_path / "backups"
     proc = start_backup_cli(inv, tmp_path)
-    kill_when(proc, parts_in_tmp(backups, ".part" if moment == "dump" else ".obj"))
+    kill_when(proc, parts_in_tmp(backups, ".part" if moment == "dump" else ".obj"), stderr_of(proc), 90)
     repo = repository_for(load_inventory(inv), "local")
     assert repo.list_backups() == []
     assert list((backups / "tmp").glob("*")), "the killed run's half-written file is where prune will find it"
@@ -152,7 +140,7 @@ def test_backup_killed_during_s3_upload_is_never_listed(tmp_path, pg_cluster, od
         return len(keys) > 20
 
     proc = start_backup_cli(inv, tmp_path)
-    kill_when(proc, uploading)
+    kill_when(proc, uploading, stderr_of(proc), 90)
     repo = repository_for(load_inventory(inv), "offsite")
     assert repo.list_backups() == []
     from flows.backup import backup_flow

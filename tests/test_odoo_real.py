@@ -87,16 +87,12 @@ def test_a_restored_zip_is_a_neutralized_copy_that_real_odoo_serves(tmp_path, pg
 
 
 def _production_like(conn: psycopg.Connection) -> None:
-    """What a real production database has and the fixture lacks, for every table Odoo's scripts touch."""
-    conn.execute("INSERT INTO ir_mail_server (name, smtp_host, smtp_port, smtp_encryption, smtp_authentication, "
-                 "active) VALUES ('prod smtp', 'smtp.acme.example', 587, 'starttls', 'login', true)")
-    conn.execute("INSERT INTO fetchmail_server (name, server_type, active, state) "
-                 "VALUES ('prod imap', 'imap', true, 'done')")
-    conn.execute("INSERT INTO iap_account (service_name, account_token) VALUES ('sms', 'tok-123'), "
-                 "('partner_autocomplete', 'tok-456+old')")
-    conn.execute("INSERT INTO ir_config_parameter (key, value) VALUES ('mail.web_push_vapid_private_key', 'priv'), "
-                 "('mail.web_push_vapid_public_key', 'pub'), ('mail.sfu_server_key', 'sfu-secret')")
-    conn.execute("UPDATE mail_template SET mail_server_id = (SELECT id FROM ir_mail_server WHERE name = 'prod smtp')")
+    """What a real production database has and the fixture lacks, for every table Odoo's scripts touch:
+    test_neutralize's seed, plus what only Odoo 17's mail neutralization handles."""
+    from tests.test_neutralize import _production_like as live_servers_tokens_and_keys
+
+    live_servers_tokens_and_keys(conn)
+    conn.execute("INSERT INTO ir_config_parameter (key, value) VALUES ('mail.sfu_server_key', 'sfu-secret')")
     conn.execute("INSERT INTO mail_partner_device (partner_id, endpoint, keys) "
                  "VALUES (3, 'https://push.example/device-1', '{\"p256dh\": \"k\", \"auth\": \"a\"}')")
     conn.execute("INSERT INTO mail_notification_web_push (user_device, payload) "

@@ -29,6 +29,7 @@ from tests.helpers import (
     grow,
     host_env,
     kill_group,
+    kill_when,
     parts_in_tmp,
     table_checksums,
     write_inventory,
@@ -59,16 +60,8 @@ def run(args: list[str], env: dict[str, str], timeout: float = 300) -> subproces
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def kill_at(proc: subprocess.Popen, log: Path, condition, timeout: float = 120) -> None:
-    """SIGKILL the CLI's whole process group once ``condition()`` holds."""
-    deadline = time.monotonic() + timeout
-    try:
-        while not condition():
-            assert proc.poll() is None, f"the run ended before the fault point: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"fault point never reached: {log.read_text()[-2000:]}"
-            time.sleep(0.005)
-    finally:
-        kill_group(proc)
+def kill_at(proc: subprocess.Popen, log: Path, condition) -> None:
+    kill_when(proc, condition, log.read_text)
 
 
 def next_run_succeeds(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
