@@ -15,7 +15,7 @@ serve: setup  ## Prefect server (SQLite, 127.0.0.1:4200) with the odoops deploym
 
 test: setup  ## the whole test suite on real PostgreSQL, sshd, S3 (moto server) and Prefect
 	$(UV) ruff check .
-	$(UV) python -m pytest -q -p no:cacheprovider --durations=15
+	$(UV) python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 lint:
 	$(UV) ruff check .
@@ -27,6 +27,7 @@ bench: setup  ## benchmarks on the large generated Odoo database (minutes; figur
 	$(UV) python bench/bench_anonymize.py
 	$(UV) python bench/bench_snapshot.py --reuse
 	$(UV) python bench/bench_upgrade.py
+	$(UV) python bench/bench_upgrade.py --mode restart
 
 clean:
 	rm -rf .demo reports

@@ -64,7 +64,7 @@ def prepare(reuse: bool, make_db: Path) -> Cluster:
 
 
 def snapshot_and_rollback(server: ConnInfo, filestore: Path) -> tuple[float, float]:
-    t_snap, snap = timed(snapshot.take_snapshot, server, "bench", DB, filestore, "bench")
+    t_snap, snap = timed(snapshot.take_snapshot, server, "bench", DB, str(filestore), "bench")
     say(f"snapshot: {t_snap:.2f} s ({snap.files} files linked)")
     t_back, _ = timed(snapshot.put_back, server, snap)
     say(f"rollback (swap back by renames, drop the changed copy): {t_back:.2f} s")

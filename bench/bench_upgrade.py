@@ -1,11 +1,15 @@
-"""Downtime of a module update run: odoops' upgrade runbook against the bare ``odoo-bin -u`` it wraps.
+"""Downtime of a change: odoops' runbook against the bare commands it wraps, in the same run.
 
-Goal (docs/upgrade.md): Odoo down → serving again ≤ 1.2 × the bare sequence (stop Odoo, ``odoo-bin -u``,
-start Odoo, wait for ``/web/health``), measured in the same run on the real Odoo 17 sample database with
-a custom addon whose update adds a column. odoops adds the snapshot (database FILE_COPY + filestore hard
-links), the log analysis and its verification.
+``--mode update`` (docs/upgrade.md, goal ≤ 1.2×): a module update run — odoops' upgrade runbook against
+the bare sequence (stop Odoo, ``odoo-bin -u``, start Odoo, wait for ``/web/health``), on the real Odoo 17
+sample database with a custom addon whose update adds a column. odoops adds the snapshot (database
+FILE_COPY + filestore hard links), the log analysis and its verification.
 
-    .venv/bin/python bench/bench_upgrade.py [--rounds 3]
+``--mode restart`` (docs/deploy.md, goal ≤ 1.5×): a deploy of a git commit that updates no module —
+``odoops deploy`` (fetch, export, plan, link switched, restart, verify) against the bare restart (stop,
+link switched, start, wait for ``/web/health``). Only Odoo-not-answering time counts.
+
+    .venv/bin/python bench/bench_upgrade.py [--mode update|restart] [--rounds 3]
 
 Figures, not pass/fail. Uses a throwaway PostgreSQL and the real Odoo from scripts/odoo.sh; removes all.
 """
@@ -29,8 +33,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from odoops.sandbox import SAMPLE_ZIP, free_port, load_sample_database, start_cluster  # noqa: E402
+from tests.odoo_site import Site, healthy, write_addon  # noqa: E402
 from tests.services_odoo import OdooInstall, read_env_file, write_odoo_config  # noqa: E402
-from tests.test_upgrade import Site, healthy, write_addon  # noqa: E402
 
 
 def wait(predicate, seconds: float = 120) -> float:
@@ -68,9 +72,29 @@ def watch_downtime(url: str, action) -> float:
     return marks["up"] - marks["down"]
 
 
+def _addons_repo(remote: Path, work: Path, count: int) -> list[str]:
+    """A bare repository of acme_custom with ``count`` commits that change code but no manifest version."""
+    def run(*args: str) -> str:
+        return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    run("init", "--bare", "--quiet", "-b", "main", str(remote))
+    run("clone", "--quiet", str(remote), str(work))
+    run("-C", str(work), "config", "user.email", "bench@example.com")
+    run("-C", str(work), "config", "user.name", "bench")
+    commits = []
+    for n in range(count):
+        write_addon(work, "17.0.1.0.0", note=f"revision {n}")
+        run("-C", str(work), "add", "-A")
+        run("-C", str(work), "commit", "--quiet", "-m", f"revision {n}")
+        commits.append(run("-C", str(work), "rev-parse", "HEAD"))
+    run("-C", str(work), "push", "--quiet", "origin", "HEAD:main")
+    return commits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--mode", choices=("update", "restart"), default="update")
     args = parser.parse_args()
     env_file = subprocess.run(["bash", str(ROOT / "scripts" / "odoo.sh")], capture_output=True, text=True,
                               check=True).stdout.strip().splitlines()[-1]
@@ -99,19 +123,42 @@ def main() -> None:
         site = Site(work, cluster, dbname, filestore, config, f"http://127.0.0.1:{port}", install.odoo_bin)
         from tests.helpers import host_env, write_inventory
 
+        repo = work / "addons.git"
+        commits = _addons_repo(repo, work / "addons-work", 2 * args.rounds) if args.mode == "restart" else []
         inventory = write_inventory(work / "inv.yaml", {"staging": host_env(
             cluster, dbname, filestore, stage="staging", url=site.url, addons_link=str(current),
             odoo_bin=[str(install.odoo_bin), "-c", str(config)], stop_command=[str(site.ctl), "stop"],
-            start_command=[str(site.ctl), "start"])})
+            start_command=[str(site.ctl), "start"], git={"repository": str(repo)}, releases_dir=str(releases))})
+        os.environ["ODOOPS_CACHE"] = str(work / "cache")
         from prefect.testing.utilities import prefect_test_harness
 
+        from flows.deploy import deploy_flow
         from flows.upgrade import upgrade_flow
+        from tasks import git
 
         bare, ours = [], []
         with prefect_test_harness(server_startup_timeout=120):
             site.service("start")
             wait(lambda: healthy(site.url))
             for n in range(1, 2 * args.rounds + 1):
+                if args.mode == "restart":
+                    commit = commits[n - 1]
+                    if n % 2:  # the bare restart: the release folder made beforehand, as an operator would
+                        folder = git.export(git.mirror(str(repo)), commit, releases / commit)
+
+                        def restart(folder=folder) -> None:
+                            site.service("stop")
+                            os.unlink(current)
+                            current.symlink_to(folder)
+                            site.service("start")
+
+                        bare.append(watch_downtime(site.url, restart))
+                    else:
+                        ours.append(watch_downtime(site.url, lambda commit=commit: deploy_flow(
+                            "staging", ref=commit, inventory=str(inventory))))
+                    print(f"round {n}: {'bare' if n % 2 else 'odoops'} {(bare if n % 2 else ours)[-1]:.2f} s down",
+                          flush=True)
+                    continue
                 release = releases / f"v{n}"
                 write_addon(release, f"17.0.1.{n}.0", tier=n % 2 == 1)
                 if n % 2:  # the bare sequence an operator would type
@@ -131,7 +178,7 @@ def main() -> None:
                 print(f"round {n}: {'bare' if n % 2 else 'odoops'} {(bare if n % 2 else ours)[-1]:.2f} s down",
                       flush=True)
             site.service("stop")
-        result = {"bare_s": [round(x, 2) for x in bare], "odoops_s": [round(x, 2) for x in ours],
+        result = {"mode": args.mode, "bare_s": [round(x, 2) for x in bare], "odoops_s": [round(x, 2) for x in ours],
                   "ratio_of_medians": round(statistics.median(ours) / statistics.median(bare), 3)}
         print(json.dumps(result, indent=1))
     finally:

@@ -1,8 +1,11 @@
-"""Rollback runbook: back to the state before an environment's last upgrade, after it succeeded.
+"""Rollback runbook: back to the release and state before an environment's last deploy or upgrade, after it
+succeeded.
 
-An upgrade that failed rolls itself back. One that succeeded keeps its snapshot (tasks/snapshot.py);
-going back to it later replaces the database and filestore with the snapshot, so every write made since
-is lost from the live state. Hence:
+A deploy or upgrade that failed rolls itself back. One that succeeded and updated no module changed only
+the code: going back points the code at the previous release and restarts, nothing else. One that updated
+modules keeps its snapshot (tasks/snapshot.py): the old code may not run on the new schema, so going back
+replaces the database and filestore with the snapshot, and every write made since is lost from the live
+state. Hence:
 
 1. Without ``restore_data`` nothing is touched: the run says what would be lost (time since the snapshot,
    tables whose row count changed) and how to go ahead.
@@ -14,18 +17,18 @@ is lost from the live state. Hence:
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.upgrade import _requirements, verify_serving
+from flows.changes import previous_release, requirements, verify_serving
+from odoops import release_history
 from odoops.errors import RefusedError
 from odoops.platforms import platform_for
 from odoops.runtime import record_run, resolve, run_name
 from odoops.slots import environment_slot
-from tasks import releases, snapshot
+from tasks import snapshot
 from tasks.postgres import ConnInfo, connect, table_row_counts
 from tasks.restore_steps import confirm_production
 
@@ -50,12 +53,19 @@ def rollback_flow(environment: str, restore_data: bool = False, confirm: str | N
     """Put ENVIRONMENT back as it was before its last upgrade (database, filestore, code); needs RESTORE_DATA."""
     parameters = {"environment": environment, "restore_data": restore_data, "confirm": confirm}
     inv, env = resolve(environment, inventory)
-    _requirements(env)
+    requirements(env, "a rollback")
     if restore_data:
         confirm_production(env, confirm)
     try:
         with environment_slot(env.name), platform_for(env) as platform, platform.database() as target:
+            records = release_history.read_releases(inv, env)
+            running = release_history.current(records)
             kept = [s for s in snapshot.snapshots(target, env.name) if s.state == "kept"]
+            if running is not None and not running["modules_updated"] and running["previous"].get("path") and \
+                    (not kept or kept[0].at < running["time"]):
+                result = _code_only(inv, env, platform, target, running)
+                record_run(inv, "rollback", env, parameters, result["outcome"], details=result)
+                return result
             if not kept:
                 raise RefusedError(f"{env.name} has no snapshot to go back to (a successful upgrade keeps one)")
             last = kept[0]
@@ -73,12 +83,17 @@ def rollback_flow(environment: str, restore_data: bool = False, confirm: str | N
                 parameters["backup_id"] = backup_id
             platform.stop()
             try:
-                replaced = snapshot.put_back(target, last, keep_replaced=f"state before the rollback of {last.reason}")
-                if last.code:
-                    link = Path(last.code["link"])
-                    left = releases.point_link(link, Path(last.code["previous"]))
+                replaced = snapshot.put_back(target, last, keep_replaced=f"state before the rollback of {last.reason}",
+                                             folders=platform.filestore_folders())
+                back_to = previous_release(last.code)
+                if back_to is not None:
+                    left = platform.switch_release(back_to)
                     if replaced is not None:
-                        snapshot.annotate(target, replaced, code={"link": str(link), "previous": str(left)})
+                        snapshot.annotate(target, replaced, code={"previous": left})
+                    if running is not None and running["release"].get("path") == left.get("path"):
+                        release_history.record_release(inv, env, action="rollback", release=running["previous"],
+                                                       previous=running["release"], outcome="success",
+                                                       snapshot=replaced.database if replaced else None)
             finally:
                 platform.start()
             checks = verify_serving(env, target)
@@ -94,3 +109,23 @@ def rollback_flow(environment: str, restore_data: bool = False, confirm: str | N
     record_run(inv, "rollback", env, parameters, outcome, [parameters["backup_id"]] if "backup_id" in parameters
                else [], {k: result[k] for k in ("back_to", "reason", "lost_from_live", "replaced_kept_as")})
     return result
+
+
+def _code_only(inv, env, platform, target: ConnInfo, running: dict[str, Any]) -> dict[str, Any]:
+    """The release being left updated no module: the previous code runs on this schema, the data stays."""
+    platform.stop()
+    try:
+        platform.switch_release(running["previous"])
+    finally:
+        platform.start()
+    checks = verify_serving(env, target)
+    outcome = "success" if not checks["problems"] else f"rolled back, but: {checks['problems'][0]}"
+    release_history.record_release(inv, env, action="rollback", release=running["previous"],
+                                   previous=running["release"], outcome=outcome)
+    back_to = running["previous"].get("commit") or running["previous"]["path"]
+    create_markdown_artifact(f"# Rollback of {env.name}: {outcome}\n\nBack to release `{back_to}` (code only: the "
+                             f"release left, `{running['release']['commit']}`, updated no module; no data changed).\n",
+                             key=f"rollback-{env.name.lower().replace('_', '-')}")
+    return {"environment": env.name, "outcome": outcome, "back_to": back_to, "reason": f"{running['action']} of "
+            f"{running['release']['commit'][:12]}", "code_only": True, "lost_from_live": None,
+            "replaced_kept_as": None, "checks": checks}

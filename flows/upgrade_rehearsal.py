@@ -72,7 +72,7 @@ def rehearse_upgrade_flow(environment: str, modules: list[str] | None = None, al
         with platform_for(env) as platform, platform.database() as target:
             with connect(target) as conn:
                 problems = odoo.check_update_request(conn, modules)
-                series = ".".join((odoo.module_states(conn).get("base", (None, "0.0"))[1] or "0.0").split(".")[:2])
+                series = odoo.series_of(odoo.module_states(conn))
             if problems:
                 raise RefusedError(f"{env.name} cannot be updated: {problems[0]}")
             if code is not None:

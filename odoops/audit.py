@@ -18,7 +18,7 @@ from typing import Any
 from odoops.redact import redact
 
 
-def _who() -> str:
+def started_by() -> str:
     """The Prefect user/schedule that triggered the run when inside Prefect, else the OS user."""
     try:
         from prefect.context import FlowRunContext
@@ -57,7 +57,7 @@ def make_record(runbook: str, environment: str | None, parameters: dict[str, Any
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "runbook": runbook,
         "environment": environment,
-        "who": who or _who(),
+        "who": who or started_by(),
         "flow_run_id": _flow_run_id(),
         "parameters": redact(parameters),
         "outcome": outcome,

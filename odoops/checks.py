@@ -7,13 +7,14 @@ from typing import Any
 from odoops.errors import OdoopsError
 from odoops.inventory import load_inventory
 from odoops.platforms import platform_for
-from tasks import snapshot
+from odoops.release_history import interrupted_change
 from tasks.odoo import probe_url
 from tasks.postgres import connect
 
 
 def check_environment(environment: str, inventory: str | None = None) -> list[dict[str, Any]]:
-    env = load_inventory(inventory).environment(environment)
+    inv = load_inventory(inventory)
+    env = inv.environment(environment)
     results: list[dict[str, Any]] = []
     with platform_for(env) as platform:
         try:
@@ -21,13 +22,11 @@ def check_environment(environment: str, inventory: str | None = None) -> list[di
                 is_odoo = conn.execute("SELECT to_regclass('public.ir_module_module') IS NOT NULL").fetchone()[0]
                 version = conn.execute("SELECT latest_version FROM ir_module_module WHERE name = 'base'"
                                        ).fetchone()[0] if is_odoo else None
-                pending = snapshot.interrupted(conninfo, env.name)  # an upgrade killed half-way
+                pending = interrupted_change(inv, env, conninfo)  # a deploy or upgrade killed half-way
             results.append({"check": "database", "ok": bool(is_odoo),
                             "detail": f"{conninfo.describe()} Odoo {version}" if is_odoo
                             else f"{conninfo.describe()} reachable but not an Odoo database"})
-            results.append({"check": "interrupted runs", "ok": pending is None,
-                            "detail": "none" if pending is None else f"{pending.reason} of {pending.at} was "
-                            f"interrupted: run odoops upgrade {env.name} --resume-rollback"})
+            results.append({"check": "interrupted runs", "ok": pending is None, "detail": pending or "none"})
         except OdoopsError as exc:
             results.append({"check": "database", "ok": False, "detail": str(exc)})
         try:

@@ -349,7 +349,7 @@ def backups_prune(environment: Annotated[str | None, typer.Argument()] = None,
 def backups_pin(backup_id: str, unpin: Annotated[bool, typer.Option("--unpin", help="Remove the pin.")] = False,
                 inventory: InventoryOpt = None) -> None:
     """Keep BACKUP_ID forever (retention never deletes a pinned backup)."""
-    from odoops.audit import _who
+    from odoops.audit import started_by
     from odoops.inventory import load_inventory
     from odoops.runtime import record_run
 
@@ -358,7 +358,7 @@ def backups_pin(backup_id: str, unpin: Annotated[bool, typer.Option("--unpin", h
 
         inv = load_inventory(inventory)
         env, repo = locate_backup(inv, backup_id)
-        repo.pin(backup_id, _who(), pinned=not unpin)
+        repo.pin(backup_id, started_by(), pinned=not unpin)
         record_run(inv, "unpin" if unpin else "pin", env, {"backup_id": backup_id}, "success", [backup_id])
     console.print(f"{backup_id} {'unpinned' if unpin else 'pinned'}")
 
@@ -398,7 +398,7 @@ def _register_plugins() -> None:
     import importlib
 
     for module in ("odoops.cli_logs", "odoops.cli_health", "odoops.cli_costs", "odoops.cli_restore",
-                   "odoops.cli_upgrade"):
+                   "odoops.cli_upgrade", "odoops.cli_deploy"):
         try:
             importlib.import_module(module).register(app)
         except ModuleNotFoundError as exc:

@@ -56,6 +56,41 @@ class SSH:
     key_file: Path | None = None
 
 
+DOCKER_ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://", "http://", "https://", "npipe://")
+DOCKER_LOCAL_SOCKET = "unix:///var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class DockerTarget:
+    """Where a ``platform: docker`` environment's Odoo runs: an engine and one container on it.
+
+    The container is named (``container``) or found by its compose labels (``compose_project`` and
+    ``compose_service``); ``data_dir`` and ``config`` are paths inside the container.
+    """
+
+    engine: str | None = None  # None: $DOCKER_HOST when odoops runs, else the local socket
+    container: str | None = None
+    compose_project: str | None = None
+    compose_service: str | None = None
+    data_dir: str = "/var/lib/odoo"
+    config: str = "/etc/odoo/odoo.conf"
+    # deploy: how a release's image is built from the repository at a commit (no registry push: the image is
+    # built on the engine that runs the container)
+    dockerfile: str = "Dockerfile"  # relative to the repository's root
+    build_args: dict[str, str] = field(default_factory=dict)
+    image_repository: str | None = None  # default odoops-release/<container name>; the tag is the commit[:12]
+
+    @property
+    def engine_url(self) -> str:
+        return self.engine or os.environ.get("DOCKER_HOST") or DOCKER_LOCAL_SOCKET
+
+    def describe(self) -> str:
+        """The container as the inventory names it, for messages."""
+        if self.container:
+            return f"container {self.container}"
+        return f"compose service {self.compose_project}/{self.compose_service}"
+
+
 @dataclass(frozen=True)
 class BackupPolicy:
     storage: str
@@ -65,6 +100,14 @@ class BackupPolicy:
     # Tables of at least this many MB get a dump part of their own, reused by the next backup while the
     # table is unchanged (docs/repository-format.md); 0 keeps the whole database in one dump.
     tables_apart_mb: float = 64
+
+
+@dataclass(frozen=True)
+class GitSource:
+    """The addons repository of an environment: any URL git reads (a path, file://, ssh://, https://)."""
+
+    repository: str
+    subdir: str = ""  # the addons' folder inside the repository, when they are not at its root
 
 
 @dataclass(frozen=True)
@@ -87,6 +130,12 @@ class Environment:
     # A symbolic link on the Odoo host that the addons_path names: an upgrade with new code points it at
     # the new release folder, and a rollback points it back (the previous code serves the previous data).
     addons_link: str | None = None
+    # The user's addons repository, where deploy takes releases from (a commit, a branch, a tag).
+    git: GitSource | None = None
+    # Host: the folder of release folders (<releases_dir>/<commit>); default: ``releases`` beside addons_link.
+    releases_dir: str | None = None
+    # platform: docker only: the engine and container (filestore is then the path inside the container)
+    docker: DockerTarget | None = None
 
     @property
     def is_production(self) -> bool:
@@ -211,16 +260,96 @@ def _keep(data: Any, where: str) -> dict[str, int]:
     return keep
 
 
+def _container_path(data: dict, key: str, where: str, default: str) -> str:
+    value = _str(data, key, where, required=False, default=default)
+    if not value.startswith("/"):
+        raise _fail(f"{where}.{key}", f"{value!r} is not an absolute path inside the container",
+                    f"write e.g. {key}: {default}")
+    return value.rstrip("/") or "/"
+
+
+def _docker(value: Any, where: str) -> DockerTarget:
+    """The ``docker:`` block: engine URL, the container by name or by compose labels, paths inside it."""
+    import re
+
+    data = _mapping(value, where)
+    _unknown(data, {"engine", "container", "compose", "data_dir", "config", "dockerfile", "build_args",
+                    "image_repository"}, where)
+    engine = _str(data, "engine", where, required=False)
+    if engine is not None and not engine.startswith(DOCKER_ENGINE_SCHEMES):
+        raise _fail(f"{where}.engine", f"{engine!r} is not a Docker engine URL",
+                    "write e.g. unix:///var/run/docker.sock, tcp://host:2376 or ssh://user@host (or leave it out "
+                    "for $DOCKER_HOST)")
+    container = _str(data, "container", where, required=False)
+    project = service = None
+    if data.get("compose") is not None:
+        compose = _mapping(data["compose"], f"{where}.compose")
+        _unknown(compose, {"project", "service"}, f"{where}.compose")
+        project = _str(compose, "project", f"{where}.compose")
+        service = _str(compose, "service", f"{where}.compose")
+    if container and project:
+        raise _fail(where, "names both a container and a compose service",
+                    "keep one: container: NAME, or compose: {project: P, service: S}")
+    if not container and not project:
+        raise _fail(where, "names no container", "add container: NAME or compose: {project: P, service: S}")
+    if container and not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", container):
+        raise _fail(f"{where}.container", f"{container!r} is not a container name",
+                    "use the name docker ps shows (letters, digits, '_', '.', '-')")
+    dockerfile = _str(data, "dockerfile", where, default="Dockerfile")
+    if dockerfile.startswith("/") or ".." in dockerfile.split("/"):
+        raise _fail(f"{where}.dockerfile", f"{dockerfile!r} is not a path inside the repository",
+                    "write it relative to the repository's root, e.g. dockerfile: docker/Dockerfile")
+    build_args = _mapping(data.get("build_args") or {}, f"{where}.build_args")
+    for key, value in build_args.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise _fail(f"{where}.build_args.{key}", f"expected a string, got {type(value).__name__}",
+                        "quote the value (build arguments are strings)")
+    repository = _str(data, "image_repository", where, required=False)
+    if repository is not None and not re.fullmatch(r"[a-z0-9]+([._/-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*",
+                                                   repository):
+        raise _fail(f"{where}.image_repository", f"{repository!r} is not an image repository name",
+                    "use lower-case letters, digits, '.', '_', '-' and '/', without a tag (e.g. acme/odoo)")
+    return DockerTarget(engine=engine, container=container, compose_project=project, compose_service=service,
+                        data_dir=_container_path(data, "data_dir", where, "/var/lib/odoo"),
+                        config=_container_path(data, "config", where, "/etc/odoo/odoo.conf"),
+                        dockerfile=dockerfile, build_args=dict(build_args), image_repository=repository)
+
+
+def _dsn_dbname(dsn: str) -> str | None:
+    """The database name of a DSN (URL or key=value), or None when it names none."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return conninfo_to_dict(dsn).get("dbname") or None
+    except ProgrammingError:
+        return None
+
+
 def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage]) -> Environment:
     where = f"environments.{name}"
     data = _mapping(data, where)
     _unknown(data, {"stage", "platform", "database", "filestore", "url", "backup", "odoo_config", "ssh", "logs",
-                    "odoo_bin", "stop_command", "start_command", "health", "extra", "addons_link"}, where)
+                    "odoo_bin", "stop_command", "start_command", "health", "extra", "addons_link", "docker", "git",
+                    "releases_dir"}, where)
     stage = _choice(data, "stage", where, STAGES)
     platform = _choice(data, "platform", where, PLATFORMS)
-    if platform != "host":
+    if platform == "odoosh":
         raise _fail(f"{where}.platform", f"platform {platform!r} is not implemented yet",
-                    "use platform: host (docker and odoosh arrive in later releases)")
+                    "use platform: host or docker (odoosh arrives in a later release)")
+    if platform != "docker" and data.get("docker") is not None:
+        raise _fail(f"{where}.docker", f"a docker block on platform {platform}", "remove it or use platform: docker")
+    if platform == "docker":
+        for key, fix in (("ssh", "name a remote engine in docker.engine (ssh://user@host)"),
+                         ("odoo_config", "write docker.config (the path inside the container)"),
+                         ("logs", "a docker environment's logs are its container's log stream"),
+                         ("stop_command", "odoops stops and starts the container itself"),
+                         ("start_command", "odoops stops and starts the container itself")):
+            if data.get(key) is not None:
+                raise _fail(f"{where}.{key}", "does not apply to platform docker", f"remove it: {fix}")
+        if data.get("docker") is None:
+            raise _fail(f"{where}.docker", "missing", "add docker: {container: NAME} (or compose: {project: P, "
+                        "service: S}) for platform docker")
     db = _mapping(data.get("database"), f"{where}.database") if "database" in data else None
     if db is None:
         raise _fail(f"{where}.database", "missing", "add database: {dsn: postgresql://user@host:5432/dbname}")
@@ -244,9 +373,16 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
         ssh = SSH(host=_str(s, "host", f"{where}.ssh"), user=_str(s, "user", f"{where}.ssh", required=False), port=port,
                   known_hosts=_resolve(base, _str(s, "known_hosts", f"{where}.ssh", required=False)),
                   key_file=_resolve(base, _str(s, "key_file", f"{where}.ssh", required=False)))
-    filestore = _str(data, "filestore", where)
-    if ssh is None:
-        filestore = str(_resolve(base, filestore))
+    docker = _docker(data["docker"], f"{where}.docker") if platform == "docker" else None
+    if docker is not None:  # the filestore and the config are paths inside the container
+        if data.get("filestore") is None and _dsn_dbname(dsn) is None:
+            raise _fail(f"{where}.database.dsn", "names no database, so the filestore folder is unknown",
+                        "end the dsn with /dbname or write filestore: <data_dir>/filestore/<dbname>")
+        filestore = _container_path(data, "filestore", where, f"{docker.data_dir}/filestore/{_dsn_dbname(dsn)}")
+    else:
+        filestore = _str(data, "filestore", where)
+        if ssh is None:
+            filestore = str(_resolve(base, filestore))
     b = _mapping(data.get("backup", {}), f"{where}.backup")
     _unknown(b, {"storage", "schedule", "timezone", "keep", "tables_apart_mb"}, f"{where}.backup")
     default_storage = "local" if "local" in storages else (next(iter(storages)) if storages else None)
@@ -277,14 +413,30 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
         name=name, stage=stage, platform=platform, database=database, filestore=filestore,
         backup=BackupPolicy(storage=storage_name, schedule=schedule, timezone=timezone,
                             keep=_keep(b.get("keep"), f"{where}.backup.keep"), tables_apart_mb=float(apart)),
-        url=_str(data, "url", where, required=False), odoo_config=_str(data, "odoo_config", where, required=False),
+        url=_str(data, "url", where, required=False), odoo_config=docker.config if docker else _str(data, "odoo_config", where, required=False),
         ssh=ssh, logs=tuple(logs), odoo_bin=_argv(data.get("odoo_bin"), f"{where}.odoo_bin"),
         stop_command=_argv(data.get("stop_command"), f"{where}.stop_command"),
         start_command=_argv(data.get("start_command"), f"{where}.start_command"),
         health=health, extra=_mapping(data.get("extra", {}), f"{where}.extra"),
         addons_link=str(_resolve(base, _str(data, "addons_link", where, required=False)) or "") or None
         if ssh is None else _str(data, "addons_link", where, required=False),
+        docker=docker, git=_git_source(data.get("git"), f"{where}.git", base),
+        releases_dir=str(_resolve(base, _str(data, "releases_dir", where, required=False)) or "") or None,
     )
+
+
+def _git_source(value: Any, where: str, base: Path) -> GitSource | None:
+    if value is None:
+        return None
+    g = _mapping(value, where)
+    _unknown(g, {"repository", "subdir"}, where)
+    repository = _str(g, "repository", where)
+    if "://" not in repository and not repository.startswith(("git@", "/")) and ":" not in repository.split("/")[0]:
+        repository = str(_resolve(base, repository))  # a local path, relative to the inventory file
+    subdir = (_str(g, "subdir", where, required=False) or "").strip("/")
+    if ".." in subdir.split("/"):
+        raise _fail(f"{where}.subdir", "leaves the repository", "name a folder inside it, e.g. subdir: addons")
+    return GitSource(repository=repository, subdir=subdir)
 
 
 def inventory_path(path: str | Path | None = None) -> Path:

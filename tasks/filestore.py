@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from odoops.errors import DiskFull, IntegrityError, OdoopsError, StorageError
 from odoops.platforms.base import FilestoreEntry, Platform
@@ -62,6 +63,18 @@ def _hash_stream(stream) -> tuple[str, int]:
 def _store_local(platform: Platform, store: LocalStore, entry: FilestoreEntry, known: set[str],
                  lock: threading.Lock) -> tuple[str, int, bool]:
     """Copy while hashing into the store's tmp/, then rename to the object name if new (one read)."""
+    return _store_local_opened(lambda: platform.open_filestore_file(entry.relpath), store, entry, known, lock)
+
+
+def _store_local_stream(src: BinaryIO, store: LocalStore, entry: FilestoreEntry, known: set[str],
+                        lock: threading.Lock) -> tuple[str, int, bool]:
+    from contextlib import nullcontext
+
+    return _store_local_opened(lambda: nullcontext(src), store, entry, known, lock)
+
+
+def _store_local_opened(opener: Callable[[], Any], store: LocalStore, entry: FilestoreEntry, known: set[str],
+                        lock: threading.Lock) -> tuple[str, int, bool]:
     import uuid
 
     tmp_dir = store.root / "tmp"
@@ -70,7 +83,7 @@ def _store_local(platform: Platform, store: LocalStore, entry: FilestoreEntry, k
     digest = hashlib.sha256()
     size = 0
     try:
-        with platform.open_filestore_file(entry.relpath) as src, open(tmp, "wb") as out:
+        with opener() as src, open(tmp, "wb") as out:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
@@ -132,6 +145,11 @@ def store_filestore(platform: Platform, store: Store, known_objects: set[str],
             todo.append(entry)
     store_one = _store_local if isinstance(store, LocalStore) else _store_remote
     new_objects = new_bytes = read_bytes = 0
+    if platform.bulk_filestore_reads and todo:
+        result = _store_in_one_read(platform, store, todo, known_objects, lock, progress)
+        result.entries.extend(entries)
+        result.entries.sort(key=lambda e: e.relpath)
+        return result
 
     def work(entry: FilestoreEntry) -> tuple[FilestoreEntry, str, int, bool]:
         sha, size, is_new = store_one(platform, store, entry, known_objects, lock)
@@ -153,6 +171,59 @@ def store_filestore(platform: Platform, store: Store, known_objects: set[str],
             fsync_dir(store.root / "objects" / prefix)
     entries.sort(key=lambda e: e.relpath)
     return FilestoreResult(entries, new_objects, new_bytes, read_bytes)
+
+
+def _store_remote_stream(src: BinaryIO, store: Store, entry: FilestoreEntry, known: set[str],
+                         lock: threading.Lock) -> tuple[str, int, bool]:
+    """A stream that can be read once: spooled (memory, then a temp file) while hashing, uploaded if new."""
+    import tempfile
+
+    with tempfile.SpooledTemporaryFile(max_size=CHUNK * 8) as spool:
+        digest = hashlib.sha256()
+        size = 0
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            spool.write(chunk)
+        sha = digest.hexdigest()
+        with lock:
+            is_new = sha not in known
+            known.add(sha)
+        if is_new:
+            spool.seek(0)
+            _, stored_sha = store.put_stream(object_key(sha), spool)  # type: ignore[arg-type]
+            if stored_sha != sha:
+                raise IntegrityError(f"filestore file {entry.relpath} was damaged while being stored: run the backup again")
+    return sha, size, is_new
+
+
+def _store_in_one_read(platform: Platform, store: Store, todo: list[FilestoreEntry], known: set[str],
+                       lock: threading.Lock, progress: Progress | None) -> FilestoreResult:
+    """The files to store, read with one ``read_filestore_files`` call (platforms where each open is a round
+    trip): sequential, since the platform's stream is."""
+    wanted = {entry.relpath: entry for entry in todo}
+    store_stream = _store_local_stream if isinstance(store, LocalStore) else _store_remote_stream
+    result = FilestoreResult([], 0, 0, 0)
+    touched: set[str] = set()
+    for relpath, src in platform.read_filestore_files(list(wanted)):
+        entry = wanted.pop(relpath)
+        sha, size, is_new = store_stream(src, store, entry, known, lock)  # type: ignore[arg-type]
+        result.entries.append(IndexEntry(entry.relpath, size, sha, entry.mtime_ns))
+        result.read_bytes += size
+        if is_new:
+            result.new_objects += 1
+            result.new_bytes += size
+            touched.add(sha[:2])
+        if progress:
+            progress(size)
+    if wanted:
+        first = sorted(wanted)[0]
+        raise IntegrityError(f"filestore file {first} disappeared while being backed up ({len(wanted)} files): "
+                             "run the backup again")
+    if isinstance(store, LocalStore):
+        for prefix in touched:
+            fsync_dir(store.root / "objects" / prefix)
+    return result
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, in_flight: int):

@@ -322,6 +322,11 @@ def module_states(conn: psycopg.Connection) -> dict[str, tuple[str, str | None]]
             conn.execute("SELECT name, state, latest_version FROM ir_module_module ORDER BY name")}
 
 
+def series_of(states: dict[str, tuple[str, str | None]]) -> str:
+    """The Odoo series (``17.0``) a database runs: its ``base`` module's version."""
+    return ".".join((states.get("base", (None, "0.0"))[1] or "0.0").split(".")[:2])
+
+
 def check_update_request(conn: psycopg.Connection, modules: list[str] | None) -> list[str]:
     """What blocks a module update run, one line each (empty: go). ``None`` means every module (-u all)."""
     states = module_states(conn)
@@ -369,11 +374,11 @@ def update_modules(platform: Platform, dbname: str, modules: list[str] | None, t
     from tasks.logs import analyze_stream
 
     argv = ["-d", dbname, "-u", ",".join(modules) if modules else "all", "--stop-after-init", "--no-http",
-            "--logfile", str(logfile), *(extra_args or [])]
+            *(extra_args or [])]
     started = time.monotonic()
     timed_out, returncode = False, None
     try:
-        returncode = platform.run_odoo(argv, check=False, timeout=timeout, on_start=on_start).returncode
+        returncode = platform.run_odoo_logged(argv, logfile, timeout=timeout, on_start=on_start).returncode
     except TimedOut:
         timed_out = True
     errors: list[dict] = []

@@ -32,6 +32,33 @@ def point_link(link: Path, target: Path) -> Path:
     return previous
 
 
+def copy_release(source: Path, folder: Path) -> Path:
+    """Copy ``source`` to the release folder ``folder``, complete or not at all (a release folder, once
+    named, is never half-written: temporary name, fsync, rename)."""
+    import shutil
+
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.odoops-tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, symlinks=True)
+    for dirpath, _dirs, files in os.walk(tmp):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    os.replace(tmp, folder)
+    fd = os.open(folder.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return folder
+
+
 def manifest_version(release: Path, module: str) -> str | None:
     """The ``version`` of ``release/module/__manifest__.py`` (read, never imported); None without a manifest."""
     manifest = release / module / "__manifest__.py"
@@ -79,3 +106,45 @@ def addons_path_with(config: Path, link: Path, release: Path) -> str:
     if str(link) not in entries:
         raise ConfigError(f"the addons_path of {config} does not name addons_link {link}: add the link to it")
     return ",".join(str(release) if e == str(link) else e for e in entries)
+
+
+# ---------------------------------------------------------------- which modules a release updates
+
+UPDATE_RULES = ("version", "files", "all", "none")
+
+
+def full_version(version: str, series: str) -> str:
+    """A manifest version as Odoo stores it: ``1.2`` in a 17.0 database is ``17.0.1.2`` (odoo.modules.adapt_version)."""
+    if version == series or not version.startswith(f"{series}."):
+        return f"{series}.{version}"
+    return version
+
+
+def manifests(release: Path) -> dict[str, str]:
+    """Every module of a release folder and its manifest version (an addons folder holds one per subfolder)."""
+    found = {}
+    for manifest in sorted(release.glob("*/__manifest__.py")):
+        found[manifest.parent.name] = manifest_version(release, manifest.parent.name) or ""
+    return found
+
+
+def modules_to_update(new: dict[str, str], installed: dict[str, tuple[str, str | None]], series: str, rule: str,
+                      changed: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(modules to update, new modules) for a release whose manifests are ``new``.
+
+    ``version`` (Odoo.sh's rule): installed modules whose manifest version differs from the database's;
+    ``files``: installed modules with any file changed in the git range ``changed``; ``all``; ``none``.
+    A module in the release that the database has not installed is reported, never installed silently.
+    """
+    if rule not in UPDATE_RULES:
+        raise ConfigError(f"update rule {rule!r} is not one of {', '.join(UPDATE_RULES)}")
+    ours = {m for m in new if installed.get(m, ("", None))[0] == "installed"}
+    fresh = sorted(m for m in new if installed.get(m, ("uninstalled", None))[0] in ("uninstalled", "uninstallable"))
+    if rule == "none":
+        return [], fresh
+    if rule == "all":
+        return sorted(ours), fresh
+    if rule == "files":
+        touched = {path.split("/", 1)[0] for path in (changed or []) if "/" in path}
+        return sorted(ours & touched), fresh
+    return sorted(m for m in ours if full_version(new[m], series) != (installed[m][1] or "")), fresh

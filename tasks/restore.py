@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from odoops.errors import RefusedError
+from odoops.platforms.base import LOCAL_FOLDERS, FilestoreFolders
 from tasks.postgres import ConnInfo, connect
 
 MARK = "odoops:"
@@ -178,7 +179,7 @@ class Kept(Protocol):
     filestore: str | None
 
 
-def drop_snapshot(server: ConnInfo, snapshot: Kept) -> None:
+def drop_snapshot(server: ConnInfo, snapshot: Kept, folders: FilestoreFolders = LOCAL_FOLDERS) -> None:
     with connect(server.with_dbname("postgres")) as conn:
         comment = database_mark(conn, snapshot.database)
         if comment is None or not comment.startswith(MARK):
@@ -186,7 +187,7 @@ def drop_snapshot(server: ConnInfo, snapshot: Kept) -> None:
         terminate_sessions(conn, snapshot.database)
         conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(snapshot.database)))
     if snapshot.filestore:
-        shutil.rmtree(snapshot.filestore, ignore_errors=True)
+        folders.remove(snapshot.filestore)
 
 
 def expire_snapshots(server: ConnInfo, environment: str, keep: int = SNAPSHOTS_KEPT) -> list[str]:

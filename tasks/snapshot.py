@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -31,7 +29,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from odoops.errors import DiskFull, RefusedError
+from odoops.errors import DiskFull, OdoopsError, RefusedError
+from odoops.platforms.base import LOCAL_FOLDERS, FilestoreFolders
 from tasks.postgres import ConnInfo, connect
 from tasks.restore import (
     MARK,
@@ -64,7 +63,7 @@ class Snapshot:
     files: int = 0
     target_comment: str | None = None  # the database's own COMMENT, which a TEMPLATE copy does not carry
     process: dict[str, Any] | None = None  # the change's own process (odoops.holders record), while it runs
-    code: dict[str, str] | None = None  # {"link", "previous"}: the addons link the change re-pointed
+    code: dict[str, Any] | None = None  # {"previous": release}: the code the change replaced (Platform.switch_release)
 
 
 def _stamp() -> str:
@@ -75,26 +74,13 @@ def _mark(conn, snapshot: Snapshot) -> None:
     set_database_mark(conn, snapshot.database, {"kind": SNAPSHOT_KIND, **asdict(snapshot)})
 
 
-def link_copy(source: Path, target: Path) -> int:
-    """Hard-link every file of ``source`` into the new folder ``target`` (same tree); returns the count."""
-    count = 0
-    target.mkdir(parents=True)
-    for folder, dirs, files in os.walk(source):
-        rel = Path(folder).relative_to(source)
-        for name in dirs:
-            (target / rel / name).mkdir()
-        for name in files:
-            os.link(Path(folder) / name, target / rel / name)
-            count += 1
-    return count
-
-
-def take_snapshot(server: ConnInfo, environment: str, target_db: str, target_fs: Path | None,
-                  reason: str) -> Snapshot:
+def take_snapshot(server: ConnInfo, environment: str, target_db: str, target_fs: str | None, reason: str,
+                  folders: FilestoreFolders = LOCAL_FOLDERS) -> Snapshot:
     """Copy the database (FILE_COPY) and hard-link the filestore; Odoo must be stopped (sessions are ended)."""
     stamp = _stamp()
     snap_db = owned_name(target_db, f"snap_{stamp}")
-    snap_fs = sibling_folder(target_fs, f"snap-{stamp}") if target_fs is not None and target_fs.exists() else None
+    snap_fs = str(sibling_folder(Path(target_fs), f"snap-{stamp}")) \
+        if target_fs is not None and folders.exists(target_fs) else None
     snapshot = Snapshot(environment, target_db, snap_db, str(snap_fs) if snap_fs else None,
                         str(target_fs) if target_fs else None, datetime.now(UTC).isoformat(), reason, "in-progress")
     with connect(server.with_dbname("postgres")) as conn:
@@ -105,25 +91,27 @@ def take_snapshot(server: ConnInfo, environment: str, target_db: str, target_fs:
         terminate_sessions(conn, target_db)
         # the filestore's links are made while PostgreSQL copies the database: the snapshot takes the longer one
         with ThreadPoolExecutor(max_workers=1) as pool:
-            links = pool.submit(link_copy, target_fs, snap_fs) if snap_fs is not None else None
+            links = pool.submit(folders.link_copy, target_fs, snap_fs) if snap_fs is not None else None
             try:
                 conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
                     sql.Identifier(snap_db), sql.Identifier(target_db)))
             except psycopg.errors.DiskFull:
-                _discard_links(links, snap_fs)
+                _discard_links(links, snap_fs, folders)
                 raise DiskFull(f"no space left on the PostgreSQL server to copy {target_db}: free some space "
                                "(the snapshot needs about the database's size); nothing was changed") from None
             except BaseException:
-                _discard_links(links, snap_fs)
+                _discard_links(links, snap_fs, folders)
                 raise
             _mark(conn, snapshot)
             try:
                 files = links.result() if links is not None else 0
-            except OSError as exc:
-                _discard_links(None, snap_fs)
+            except (OSError, OdoopsError) as exc:
+                _discard_links(None, snap_fs, folders)
                 conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(snap_db)))
+                if isinstance(exc, OdoopsError):
+                    raise
                 if exc.errno == errno.ENOSPC:
-                    raise DiskFull(f"no space left to snapshot the filestore in {snap_fs.parent}: free some "
+                    raise DiskFull(f"no space left to snapshot the filestore in {Path(snap_fs).parent}: free some "
                                    "space; nothing was changed") from None
                 raise RefusedError(f"cannot hard-link the filestore into {snap_fs} ({exc.strerror}): the "
                                    "snapshot folder must be on the filestore's file system; nothing was changed") \
@@ -134,11 +122,11 @@ def take_snapshot(server: ConnInfo, environment: str, target_db: str, target_fs:
     return snapshot
 
 
-def _discard_links(links: Future | None, folder: Path | None) -> None:
+def _discard_links(links: Future | None, folder: str | None, folders: FilestoreFolders) -> None:
     if links is not None:
         links.exception()  # wait for it: never delete a folder still being written
     if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+        folders.remove(folder)
 
 
 def annotate(server: ConnInfo, snapshot: Snapshot, **changes: Any) -> None:
@@ -161,17 +149,18 @@ def interrupted(server: ConnInfo, environment: str) -> Snapshot | None:
     return next((s for s in snapshots(server, environment) if s.state == "in-progress"), None)
 
 
-def keep(server: ConnInfo, snapshot: Snapshot, kept: int = KEPT) -> list[str]:
+def keep(server: ConnInfo, snapshot: Snapshot, kept: int = KEPT, folders: FilestoreFolders = LOCAL_FOLDERS) -> list[str]:
     """The change succeeded: the snapshot stays for a later rollback; older confirmed ones are dropped."""
     annotate(server, snapshot, state="kept")  # over the journal: the code it switched stays recorded
     dropped = []
     for old in [s for s in snapshots(server, snapshot.environment) if s.state == "kept"][kept:]:
-        drop_snapshot(server, old)
+        drop_snapshot(server, old, folders)
         dropped.append(old.database)
     return dropped
 
 
-def put_back(server: ConnInfo, snapshot: Snapshot, keep_replaced: str | None = None) -> Snapshot | None:
+def put_back(server: ConnInfo, snapshot: Snapshot, keep_replaced: str | None = None,
+             folders: FilestoreFolders = LOCAL_FOLDERS) -> Snapshot | None:
     """Rename the changed state aside, the snapshot into place, then drop the changed state. All or nothing.
 
     With ``keep_replaced`` (a reason), the replaced state is not dropped but kept as a snapshot in its
@@ -179,8 +168,8 @@ def put_back(server: ConnInfo, snapshot: Snapshot, keep_replaced: str | None = N
     """
     stamp = _stamp()
     failed_db = owned_name(snapshot.target, f"failed_{stamp}")
-    target_fs = Path(snapshot.target_filestore) if snapshot.target_filestore else None
-    failed_fs = sibling_folder(target_fs, f"failed-{stamp}") if target_fs is not None else None
+    target_fs = snapshot.target_filestore
+    failed_fs = str(sibling_folder(Path(target_fs), f"failed-{stamp}")) if target_fs is not None else None
     with connect(server.with_dbname("postgres")) as conn:
         undo: list = []
         try:
@@ -190,10 +179,10 @@ def put_back(server: ConnInfo, snapshot: Snapshot, keep_replaced: str | None = N
             rename_database(conn, snapshot.database, snapshot.target)
             undo.append(lambda: rename_database(conn, snapshot.target, snapshot.database))
             if target_fs is not None and snapshot.filestore:
-                if target_fs.exists():
-                    os.rename(target_fs, failed_fs)
-                    undo.append(lambda: os.rename(failed_fs, target_fs))
-                os.rename(snapshot.filestore, target_fs)
+                if folders.exists(target_fs):
+                    folders.rename(target_fs, failed_fs)
+                    undo.append(lambda: folders.rename(failed_fs, target_fs))
+                folders.rename(snapshot.filestore, target_fs)
         except BaseException:
             for step in reversed(undo):
                 step()
@@ -202,7 +191,7 @@ def put_back(server: ConnInfo, snapshot: Snapshot, keep_replaced: str | None = N
             sql.Identifier(snapshot.target), sql.Literal(snapshot.target_comment)))
         if keep_replaced and database_mark(conn, failed_db) is not None:
             replaced = Snapshot(snapshot.environment, snapshot.target, failed_db,
-                                str(failed_fs) if failed_fs is not None and failed_fs.exists() else None,
+                                failed_fs if failed_fs is not None and folders.exists(failed_fs) else None,
                                 snapshot.target_filestore, datetime.now(UTC).isoformat(), keep_replaced, "kept",
                                 target_comment=snapshot.target_comment)
             _mark(conn, replaced)
@@ -211,6 +200,6 @@ def put_back(server: ConnInfo, snapshot: Snapshot, keep_replaced: str | None = N
             set_database_mark(conn, failed_db, {"kind": "rolled-back", "environment": snapshot.environment})
             terminate_sessions(conn, failed_db)
             conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(failed_db)))
-    if failed_fs is not None and failed_fs.exists():
-        shutil.rmtree(failed_fs, ignore_errors=True)
+    if failed_fs is not None and folders.exists(failed_fs):
+        folders.remove(failed_fs)
     return None

@@ -44,7 +44,8 @@ def test_prefect_yaml_declares_every_runbook_and_a_nightly_backup():
     config = yaml.safe_load(open(devserver.PROJECT_DIR / "prefect.yaml"))
     names = {d["name"] for d in config["deployments"]}
     assert {"backup", "verify-backup", "drill-backup", "prune-backups", "restore", "restore-undo", "anonymize",
-            "upgrade", "upgrade-rehearsal", "rollback", "logs", "health", "incident", "cost-report"} <= names
+            "upgrade", "upgrade-rehearsal", "rollback", "deploy", "promote", "logs", "health", "incident",
+            "cost-report"} <= names
     backup = next(d for d in config["deployments"] if d["name"] == "backup")
     demo_env = load_inventory(devserver.PROJECT_DIR / "deployments" / "environments.example.yaml").environment(
         "production")

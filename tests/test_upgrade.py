@@ -8,9 +8,7 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -20,144 +18,33 @@ from odoops.errors import ConfigError, RefusedError
 from tasks import snapshot
 from tasks.postgres import ConnInfo
 from tests.helpers import (
-    copy_sample,
-    drop_database,
-    file_sha1s,
-    host_env,
     kill_group,
-    table_checksums,
     write_inventory,
+)
+from tests.odoo_site import (
+    ADMIN,
+    column_exists,
+    healthy,
+    module_version,
+    open_site,
+    wait_healthy,
+    with_login,
+    write_addon,
 )
 from tests.services_odoo import xmlrpc_authenticate
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN = ("admin", "admin")
-
-VIEW = """<odoo><record id="view_partner_form_acme" model="ir.ui.view">
-  <field name="name">res.partner.form.acme</field><field name="model">res.partner</field>
-  <field name="inherit_id" ref="base.view_partner_form"/>
-  <field name="arch" type="xml"><field name="vat" position="after">{fields}</field></field>
-</record></odoo>"""
-
-
-def write_addon(addons: Path, version: str, *, tier: bool = False, bad_view: bool = False, hook_raises: bool = False,
-                hangs: bool = False) -> None:
-    """The custom addon ``acme_custom`` at ``version``; each flag breaks it the way real addons break."""
-    module = addons / "acme_custom"
-    if module.exists():
-        import shutil
-
-        shutil.rmtree(module)
-    module.mkdir(parents=True)
-    (module / "__manifest__.py").write_text(repr({"name": "ACME custom", "version": version, "depends": ["contacts"],
-                                                  "data": ["views.xml"], "license": "LGPL-3"}))
-    fields = ["acme_code = fields.Char()"] + (["acme_tier = fields.Selection([('a', 'A'), ('b', 'B')])"]
-                                               if tier else [])
-    hook = ("\n    def _register_hook(self):\n        raise RuntimeError('acme hook broken')\n" if hook_raises else "")
-    (module / "__init__.py").write_text("from odoo import fields, models\n\n\nclass Partner(models.Model):\n"
-                                        "    _inherit = 'res.partner'\n" + "".join(f"    {f}\n" for f in fields) + hook)
-    view_fields = '<field name="acme_code"/>' + ('<field name="acme_tier"/>' if tier else "")
-    if bad_view:
-        view_fields += '<field name="no_such_field"/>'
-    (module / "views.xml").write_text(VIEW.format(fields=view_fields))
-    if hangs:
-        migration = module / "migrations" / version
-        migration.mkdir(parents=True)
-        (migration / "pre-migrate.py").write_text("import time\n\n\ndef migrate(cr, version):\n    time.sleep(3600)\n")
-
-
-def column_exists(cluster, dbname: str, column: str) -> bool:
-    with psycopg.connect(cluster.dsn(dbname)) as conn:
-        return conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'res_partner' "
-                            "AND column_name = %s", (column,)).fetchone() is not None
-
-
-def module_version(cluster, dbname: str) -> str:
-    with psycopg.connect(cluster.dsn(dbname)) as conn:
-        return conn.execute("SELECT latest_version FROM ir_module_module WHERE name = 'acme_custom'").fetchone()[0]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/web/health", timeout=2) as resp:  # noqa: S310 - loopback
-            return json.loads(resp.read()).get("status") == "pass"
-    except OSError:
-        return False
-
-
-def wait_healthy(url: str, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while not healthy(url):
-        assert time.monotonic() < deadline, f"Odoo at {url} never became healthy"
-        time.sleep(0.2)
-
-
-class Site:
-    """One self-hosted Odoo as an operator runs it: a config, addons, a service script (start/stop)."""
-
-    def __init__(self, tmp_path: Path, cluster, dbname: str, filestore: Path, config: Path, url: str,
-                 odoo_bin: Path) -> None:
-        self.cluster, self.dbname, self.filestore, self.config, self.url = cluster, dbname, filestore, config, url
-        self.ctl = tmp_path / "odoo-service.sh"
-        pid, out = tmp_path / "odoo.pid", tmp_path / "odoo-service.out"
-        # like `systemctl start|stop odoo`: start returns at once, stop waits until the process is gone
-        self.ctl.write_text(textwrap.dedent(f"""\
-            #!/bin/sh
-            case "$1" in
-            start) if [ -f "{pid}" ] && kill -0 "$(cat "{pid}")" 2>/dev/null; then exit 0; fi
-                   setsid "{odoo_bin}" -c "{config}" >>"{out}" 2>&1 </dev/null &
-                   echo $! >"{pid}" ;;
-            stop)  if [ -f "{pid}" ]; then p=$(cat "{pid}"); kill "$p" 2>/dev/null
-                   while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; rm -f "{pid}"; fi ;;
-            esac
-            """))
-        self.ctl.chmod(0o755)
-
-    def service(self, action: str) -> None:
-        subprocess.run([str(self.ctl), action], check=True, timeout=120)
-
-    def state(self) -> tuple[dict[str, str], dict[str, str]]:
-        return table_checksums(self.cluster, self.dbname), file_sha1s(self.filestore)
-
 
 @pytest.fixture
-def site(tmp_path, pg_cluster, sample_template, odoo_install, odoo_db_role, odoo_config_file):
+def site(tmp_path, pg_cluster, sample_template, odoo_install, odoo_config_file):
     """A staging copy of the sample with acme_custom 17.0.1.0.0 installed, served by its own Odoo."""
-    from odoops.sandbox import free_port
-
-    dbname, filestore = copy_sample(pg_cluster, sample_template, tmp_path)
-    releases, current = tmp_path / "releases", tmp_path / "addons-current"
+    releases = tmp_path / "releases"
     write_addon(releases / "v1", "17.0.1.0.0")
-    current.symlink_to(releases / "v1")  # the addons_path names the link, as a release layout does
-    port = free_port()
-    config = odoo_config_file(tmp_path / "data", addons_path=f"{odoo_install.addons_path},{current}", http_port=port,
-                              logfile=tmp_path / "odoo-server.log", dbfilter=f"^{dbname}$")
-    installed = odoo_install.run("-c", str(config), "-d", dbname, "-i", "acme_custom", "--stop-after-init")
-    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
-    site = Site(tmp_path, pg_cluster, dbname, filestore, config, f"http://127.0.0.1:{port}", odoo_install.odoo_bin)
-    site.releases, site.current = releases, current
-    site.inventory = write_inventory(tmp_path / "inv.yaml", {"staging": host_env(
-        pg_cluster, dbname, filestore, stage="staging", url=site.url, addons_link=str(current),
-        odoo_bin=[str(odoo_install.odoo_bin), "-c", str(config)],
-        stop_command=[str(site.ctl), "stop"], start_command=[str(site.ctl), "start"])})
-    site.service("start")
-    wait_healthy(site.url)
+    site = open_site(tmp_path, pg_cluster, sample_template, odoo_install, odoo_config_file, releases / "v1")
+    site.releases = releases
+    site.inventory = write_inventory(tmp_path / "inv.yaml", {"staging": site.environment("staging")})
     yield site
-    site.service("stop")
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{dbname}%",))]
-    for name in names:
-        drop_database(pg_cluster, name)
-
-
-def with_login(site: Site, monkeypatch) -> None:
-    """The inventory also names a login, so the runbook's own verification logs in for real."""
-    import yaml
-
-    data = yaml.safe_load(site.inventory.read_text())
-    data["environments"]["staging"]["health"] = {"login": ADMIN[0], "login_password_env": "ACME_ADMIN_PASSWORD"}
-    site.inventory.write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("ACME_ADMIN_PASSWORD", ADMIN[1])
+    site.close()
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -353,4 +240,4 @@ def test_rollback_after_a_success_needs_restore_data_and_keeps_the_replaced_stat
     with psycopg.connect(pg_cluster.dsn(kept)) as conn:
         assert conn.execute("SELECT acme_tier FROM res_partner WHERE id = 3").fetchone() == ("a",)
     [replaced] = [s for s in snapshot.snapshots(ConnInfo.from_dsn(pg_cluster.dsn()), "staging") if s.database == kept]
-    assert replaced.code == {"link": str(site.current), "previous": str(site.releases / "v2")}
+    assert replaced.code == {"previous": {"path": str(site.releases / "v2")}}

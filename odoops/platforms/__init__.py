@@ -2,8 +2,8 @@
 
 A flow asks a platform for the database's connection parameters, the filestore's files, the Odoo
 configuration, to run an Odoo command, to stop and start Odoo, for its logs and its health URL. It
-never asks how: ``host`` (Odoo on a machine, local or over SSH) is implemented here; ``docker`` and
-``odoosh`` implement the same interface in later releases.
+never asks how: ``host`` (Odoo on a machine, local or over SSH) and ``docker`` (Odoo in a container on
+a Docker engine) are implemented here; ``odoosh`` implements the same interface in a later release.
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ def platform_for(env: Environment) -> Platform:
         from odoops.platforms.host import HostPlatform
 
         return HostPlatform(env)
+    if env.platform == "docker":
+        from odoops.platforms.docker import DockerPlatform
+
+        return DockerPlatform(env)
     from odoops.errors import ConfigError
 
-    raise ConfigError(f"environment {env.name}: platform {env.platform!r} is not implemented yet: use platform: host")
+    raise ConfigError(f"environment {env.name}: platform {env.platform!r} is not implemented yet: "
+                      "use platform: host or docker")
 
 
 __all__ = ["FilestoreEntry", "Platform", "platform_for"]

@@ -4,12 +4,14 @@ with a platform, whichever implementation drives the environment."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from odoops.errors import ConfigError
 from odoops.inventory import Environment
@@ -74,6 +76,40 @@ class FilestoreEntry:
     mtime_ns: int
 
 
+class FilestoreFolders:
+    """The folder around an environment's filestore, where snapshots live beside it as hidden siblings, and
+    the few operations they need. This default works on this machine's file system; a platform whose
+    filestore lives elsewhere (a container volume) does the same through its own means."""
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def link_copy(self, source: str, target: str) -> int:
+        """Hard-link every file of ``source`` into the new folder ``target`` (same tree); returns the count.
+        Raises OSError (ENOSPC, EXDEV, …) or an OdoopsError."""
+        count = 0
+        os.mkdir(target)
+        for folder, dirs, files in os.walk(source):
+            rel = os.path.relpath(folder, source)
+            for name in dirs:
+                os.mkdir(os.path.join(target, rel, name))
+            for name in files:
+                os.link(os.path.join(folder, name), os.path.join(target, rel, name))
+                count += 1
+        return count
+
+    def rename(self, source: str, target: str) -> None:
+        os.rename(source, target)
+
+    def remove(self, path: str) -> None:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
+LOCAL_FOLDERS = FilestoreFolders()
+
+
 class Platform(ABC):
     """What a flow may ask of the machine(s) running one Odoo environment."""
 
@@ -104,6 +140,26 @@ class Platform(ABC):
     @abstractmethod
     def open_filestore_file(self, relpath: str) -> BinaryIO: ...
 
+    # True where one read per file is a round trip that costs more than the file (an engine's archive API):
+    # a backup then reads the files it needs with one read_filestore_files call instead.
+    bulk_filestore_reads: bool = False
+
+    def read_filestore_files(self, relpaths: Iterable[str]) -> Iterator[tuple[str, BinaryIO]]:
+        """``(relpath, stream)`` for each wanted file, in the platform's order; a stream is valid until the
+        next pair. This default opens them one by one; a platform with ``bulk_filestore_reads`` streams them
+        all in one go."""
+        for relpath in relpaths:
+            with self.open_filestore_file(relpath) as stream:
+                yield relpath, stream
+
+    def filestore_location(self) -> str | None:
+        """The filestore folder as :meth:`filestore_folders` addresses it (None: the environment has none)."""
+        return self.env.filestore or None
+
+    def filestore_folders(self) -> FilestoreFolders:
+        """Where snapshots of the filestore are made and put back (this machine's file system by default)."""
+        return LOCAL_FOLDERS
+
     # -- Odoo
     @abstractmethod
     def read_odoo_config(self) -> str | None:
@@ -126,6 +182,27 @@ class Platform(ABC):
         return self.run(odoo_command(list(self.env.odoo_bin), args), check=check, timeout=timeout,
                         on_start=on_start)
 
+    def change_needs(self) -> list[str]:
+        """Inventory keys missing for a change (deploy, upgrade, rollback), for which odoops stops Odoo, runs
+        a one-off Odoo command and starts it again."""
+        return [key for key in ("odoo_bin", "stop_command", "start_command") if not getattr(self.env, key)]
+
+    def run_odoo_logged(self, args: list[str], logfile: Path, timeout: float | None = None,
+                        on_start: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:
+        """Run an Odoo command whose own log must end up in ``logfile`` on this machine (an update run's log,
+        analysed afterwards), even when the command fails or is stopped at its time limit."""
+        return self.run_odoo([*args, "--logfile", str(logfile)], check=False, timeout=timeout, on_start=on_start)
+
+    def stop_leftovers(self, process: dict[str, Any] | None) -> None:
+        """Stop what a killed run left running (the one-off update its journal names), before putting back."""
+        from odoops import holders
+
+        if process and process.get("pid") and not holders.liveness(process, 0).dead:
+            try:
+                os.killpg(int(process["pid"]), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def stop(self) -> bool:
         """Stop Odoo; False when the platform has no way to (no stop_command)."""
         if not self.env.stop_command:
@@ -138,6 +215,29 @@ class Platform(ABC):
             return False
         self.run(list(self.env.start_command))
         return True
+
+    # -- code: which release Odoo runs (deploy, upgrade with new code, rollback)
+    def running_release(self) -> dict[str, str]:
+        """The code Odoo runs now, as a JSON-able record that :meth:`switch_release` accepts back:
+        ``{"path": release folder}`` where an addons link selects the code, ``{"image": …}`` for containers."""
+        raise ConfigError(f"environment {self.env.name}: platform {self.env.platform} cannot switch code: "
+                          "deploy it by hand")
+
+    def switch_release(self, release: dict[str, str]) -> dict[str, str]:
+        """Make ``release`` the code of the next Odoo start and of one-off commands; returns the previous one."""
+        raise ConfigError(f"environment {self.env.name}: platform {self.env.platform} cannot switch code: "
+                          "deploy it by hand")
+
+    def prepare_release(self, commit: str, tree: Path, addons: Path) -> dict[str, str]:
+        """Make a release of ``commit`` ready to switch to, touching nothing the environment runs:
+        ``tree`` is the whole repository at that commit, ``addons`` the folder of its modules within it.
+        Host: a release folder; containers: an image built from ``tree`` with its Dockerfile."""
+        raise ConfigError(f"environment {self.env.name}: platform {self.env.platform} cannot deploy releases")
+
+    def release_from_image(self, image: str) -> dict[str, str]:
+        """A release given as an existing image (tag or digest); container platforms only."""
+        raise ConfigError(f"environment {self.env.name}: --image deploys to container platforms only: "
+                          "use --ref for a host")
 
     def close(self) -> None:  # noqa: B027
         """Release connections (SSH sessions, tunnels)."""

@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 from odoops.errors import ConfigError, TimedOut, ToolFailed, tool_error_line
 from odoops.platforms.base import FilestoreEntry, Platform
+from tasks import releases
 
 
 class HostPlatform(Platform):
@@ -48,6 +49,28 @@ class HostPlatform(Platform):
         if not path.is_file():
             raise ConfigError(f"environment {self.env.name}: odoo_config {path} not found: fix or remove 'odoo_config:'")
         return path.read_text(errors="replace")
+
+    def running_release(self) -> dict[str, str]:
+        return {"path": str(releases.current_release(self._addons_link()))}
+
+    def switch_release(self, release: dict[str, str]) -> dict[str, str]:
+        """Re-point the addons link in one rename (tasks/releases.py)."""
+        if "path" not in release:
+            raise ConfigError(f"environment {self.env.name}: a host release is a folder, not {sorted(release)}")
+        return {"path": str(releases.point_link(self._addons_link(), Path(release["path"])))}
+
+    def prepare_release(self, commit: str, tree: Path, addons: Path) -> dict[str, str]:
+        """``<releases_dir>/<commit>``: the commit's addons folder, written under a temporary name and renamed."""
+        folder = (Path(self.env.releases_dir) if self.env.releases_dir else self._addons_link().parent / "releases") \
+            / commit
+        releases.copy_release(addons, folder)
+        return {"path": str(folder)}
+
+    def _addons_link(self) -> Path:
+        if not self.env.addons_link:
+            raise ConfigError(f"environment {self.env.name}: switching code needs addons_link in the inventory (the "
+                              "link its addons_path names, which odoops points at a release folder): add it")
+        return Path(self.env.addons_link)
 
     def run(self, argv: list[str], check: bool = True, timeout: float | None = None,
             on_start: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:

@@ -47,16 +47,23 @@ def follow(path: str, options: AnalysisOptions | None = None, *, threshold_error
            window_minutes: float = 5.0, alert_level: str = "ERROR", from_start: bool = False,
            stop_event: threading.Event | None = None, max_seconds: float | None = None,
            poll_interval: float = 0.25, on_alert: Callable[[dict[str, Any]], None] | None = None,
-           clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+           clock: Callable[[], float] = time.monotonic, inventory: str | None = None) -> dict[str, Any]:
     """Tail ``path`` like ``tail -F`` (rotation and truncation), analysing and alerting as lines arrive.
 
     An alert fires when more than ``threshold_errors`` records at ``alert_level`` or above arrived within
     the last ``window_minutes``; it is logged on ``odoops.alerts``, emitted as a Prefect event when
     inside a run, passed to ``on_alert``, and re-armed once the window drops back under the threshold.
     Stops when ``stop_event`` is set or after ``max_seconds``; returns the summary with ``alerts``.
+    ``env:NAME`` of a ``platform: docker`` environment follows its container's log stream instead.
     """
-    if path == "-" or path.startswith("env:"):
-        raise ConfigError("--follow needs a local log file path; for other sources run without --follow")
+    env = None
+    if path.startswith("env:"):
+        from odoops.inventory import load_inventory
+
+        env = load_inventory(inventory).environment(path[4:])
+    if path == "-" or (env is not None and env.platform != "docker"):
+        raise ConfigError("--follow needs a local log file path or env:NAME of a docker environment; for other "
+                          "sources run without --follow")
     min_level = parse_level(alert_level)
     analyzer = LogAnalyzer(options)
     window = window_minutes * 60.0
@@ -97,10 +104,10 @@ def follow(path: str, options: AnalysisOptions | None = None, *, threshold_error
             raise LogSourceError(f"cannot read {path}: {exc.strerror}; check the path and permissions") from None
         return f, os.fstat(f.fileno()).st_ino
 
-    f, inode = open_file()
-    if f is None:
+    f, inode = open_file() if env is None else (None, None)
+    if f is None and env is None:
         raise LogSourceError(f"log file not found: {path}: check the path")
-    if not from_start:
+    if f is not None and not from_start:
         f.seek(0, os.SEEK_END)
     partial = b""
 
@@ -112,6 +119,13 @@ def follow(path: str, options: AnalysisOptions | None = None, *, threshold_error
         partial = text[cut:]
         new = sum(1 for m in _RX_HEADER_LEVEL.finditer(text, 0, cut) if _level_value(m.group(1)) >= min_level)
         check_alert(clock(), new)
+
+    if env is not None:
+        _follow_container(env, from_start, consume, check_alert, stop, started, max_seconds, poll_interval, clock)
+        analyzer.end_source(path)
+        summary = analyzer.summary()
+        summary["alerts"] = alerts
+        return summary
 
     try:
         while True:
@@ -154,3 +168,50 @@ def follow(path: str, options: AnalysisOptions | None = None, *, threshold_error
     summary = analyzer.summary()
     summary["alerts"] = alerts
     return summary
+
+
+def _follow_container(env: Any, from_start: bool, consume: Callable[[bytes], None],
+                      check_alert: Callable[[float, int], None], stop: threading.Event, started: float,
+                      max_seconds: float | None, poll_interval: float, clock: Callable[[], float]) -> None:
+    """Follow a docker environment's container log: a reader thread blocks on the engine's stream and
+    hands blocks over a queue, so the stop event and ``max_seconds`` are honoured between blocks; at the
+    end the read is cancelled (the connection shut down), which ends the blocked thread."""
+    import queue
+
+    from tasks.logs.sources import _container_log_chunks
+
+    blocks: queue.Queue[bytes | BaseException | None] = queue.Queue()
+    with _container_log_chunks(env, follow=True, tail=None if from_start else 0) as (chunks, cancel):
+        def pump() -> None:
+            try:
+                for block in chunks:
+                    blocks.put(block)
+                blocks.put(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, or moot after a cancel
+                blocks.put(exc)
+
+        reader = threading.Thread(target=pump, name=f"odoops-follow-{env.name}", daemon=True)
+        reader.start()
+        try:
+            while True:
+                try:
+                    item = blocks.get(timeout=poll_interval)
+                except queue.Empty:
+                    item = b""
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:  # the container stopped: its log ends
+                    break
+                if item:
+                    consume(item)
+                    continue
+                check_alert(clock(), 0)
+                if stop.is_set() or (max_seconds is not None and clock() - started >= max_seconds):
+                    break
+        finally:
+            cancel()
+            reader.join(timeout=5)
+        while not blocks.empty():  # what arrived before the stop is read
+            item = blocks.get_nowait()
+            if isinstance(item, bytes) and item:
+                consume(item)

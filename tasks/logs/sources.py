@@ -1,9 +1,9 @@
 """Log sources: files, rotated ``.gz``, standard input, environments' logs (local or SSH), any stream.
 
 Why apart: the analyzer only ever sees byte blocks. Where they come from (a path, ``-``, an
-``env:NAME`` of the inventory read over SFTP, any binary file-like object such as a container log
-stream, an iterator of lines) and how a truncated ``.gz`` is read as far as it goes is decided here,
-with one-line errors that name the fix.
+``env:NAME`` of the inventory read over SFTP or, for a ``platform: docker`` environment, its
+container's log stream, any binary file-like object, an iterator of lines) and how a truncated
+``.gz`` is read as far as it goes is decided here, with one-line errors that name the fix.
 """
 
 from __future__ import annotations
@@ -148,8 +148,47 @@ def _open_env_log(env: Any, path: str) -> Iterator[BinaryIO]:
             handle.close()
 
 
+@contextmanager
+def open_container_log(env: Any, follow: bool = False, tail: int | None = None) -> Iterator[BinaryIO]:
+    """The log stream of a ``platform: docker`` environment's Odoo container (stdout and stderr)."""
+    with _container_log_chunks(env, follow=follow, tail=tail) as (chunks, cancel):
+        from tasks.containers import ChunksReader
+
+        stream = io.BufferedReader(ChunksReader(chunks, on_close=cancel), buffer_size=CHUNK_SIZE)
+        try:
+            yield stream  # type: ignore[misc]
+        finally:
+            stream.close()
+
+
+@contextmanager
+def _container_log_chunks(env: Any, follow: bool = False, tail: int | None = None
+                          ) -> Iterator[tuple[Iterator[bytes], Callable[[], None]]]:
+    """Byte blocks of the container's log and the function that cancels the read (see tasks.containers)."""
+    from tasks import containers
+
+    target = env.docker
+    engine = target.engine_url
+    client = containers.connect(engine)
+    try:
+        container = containers.find_container(client, engine, name=target.container, project=target.compose_project,
+                                              service=target.compose_service)
+        chunks, cancel = containers.log_chunks(container, engine, follow=follow, tail=tail)
+        try:
+            yield chunks, cancel
+        finally:
+            cancel()
+    finally:
+        client.close()
+
+
+def container_source_name(env: Any) -> str:
+    return f"{env.name}:{env.docker.describe()}"
+
+
 def expand_sources(sources: Sequence[str], inventory: str | None = None) -> list[tuple[str, Callable[[], Any]]]:
-    """``(name, opener)`` per log: paths, ``-``, and ``env:NAME`` (the environment's ``logs`` paths)."""
+    """``(name, opener)`` per log: paths, ``-``, and ``env:NAME`` (the environment's ``logs`` paths, or the
+    container's log stream for a ``platform: docker`` environment)."""
     out: list[tuple[str, Callable[[], Any]]] = []
     for source in sources:
         if not source.startswith("env:"):
@@ -158,10 +197,12 @@ def expand_sources(sources: Sequence[str], inventory: str | None = None) -> list
         from odoops.inventory import load_inventory
 
         env = load_inventory(inventory).environment(source[4:])
+        if env.platform == "docker":
+            out.append((container_source_name(env), lambda e=env: open_container_log(e)))
+            continue
         if not env.logs:
             raise ConfigError(
-                f"environment {env.name!r} has no 'logs' paths in the inventory: add e.g. logs: [/var/log/odoo/odoo.log] "
-                "(container log streams come with the platform layer)"
+                f"environment {env.name!r} has no 'logs' paths in the inventory: add e.g. logs: [/var/log/odoo/odoo.log]"
             )
         for path in env.logs:
             where = f"{env.name}:{path}" if env.ssh is None else f"{env.name}:{env.ssh.host}:{path}"
