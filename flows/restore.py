@@ -74,29 +74,32 @@ def restore_flow(source: str, environment: str, neutralize: bool | None = None, 
 
                 pre_backup = backup_flow(env.name, kind="pre-restore", inventory=inventory)["backup_id"]
                 verify_flow(pre_backup, inventory=inventory)
-            target_fs = Path(env.filestore)
-            temp_db, temp_fs = swap.prepare_scratch(target, target.dbname, target_fs, src.description)
+            target_fs, folders = platform.filestore_location(), platform.filestore_folders()
+            temp_db, temp_fs, load_dir = swap.prepare_scratch(target, target.dbname, target_fs, src.description,
+                                                              folders)
             try:
                 db = restore_database.submit(src, target.with_dbname(temp_db))
-                files = restore_filestore.submit(src, temp_fs)
+                files = restore_filestore.submit(src, load_dir)
                 db.result()
                 sha1s = files.result()
-                checks = verify_restored(target.with_dbname(temp_db), src, temp_fs, sha1s)
+                checks = verify_restored(target.with_dbname(temp_db), src, load_dir, sha1s)
                 if checks["problems"]:
                     raise IntegrityError(f"the restored copy failed its checks ({len(checks['problems'])} problems, "
                                          f"first: {checks['problems'][0]}): the target was not touched")
-                copy = make_it_a_copy(platform, src, target.with_dbname(temp_db), temp_fs, neutralize, anonymize, rules)
+                copy = make_it_a_copy(platform, src, target.with_dbname(temp_db), load_dir, neutralize, anonymize,
+                                      rules)
+                swap.place_scratch(temp_fs, load_dir, folders)
                 stopped = platform.stop()
                 try:
                     snapshot = swap.swap_in(target, env.name, target.dbname, target_fs, temp_db, temp_fs,
-                                            src.description)
+                                            src.description, folders)
                 finally:
                     if stopped:
                         platform.start()
             except BaseException:
-                swap.discard_scratch(target, temp_db, temp_fs)
+                swap.discard_scratch(target, temp_db, temp_fs, folders, load_dir)
                 raise
-            dropped = swap.expire_snapshots(target, env.name)
+            dropped = swap.expire_snapshots(target, env.name, folders=folders)
             after = post_checks(env, target)
     except Exception as exc:
         record_run(inv, "restore", env, parameters, f"failed: {exc}", [pre_backup] if pre_backup else [])
@@ -130,7 +133,8 @@ def restore_undo_flow(environment: str, confirm: str | None = None, inventory: s
     with environment_slot(env.name), platform_for(env) as platform, platform.database() as target:
         stopped = platform.stop()
         try:
-            snapshot = swap.undo_restore(target, env.name, Path(env.filestore))
+            snapshot = swap.undo_restore(target, env.name, platform.filestore_location(),
+                                         platform.filestore_folders())
         finally:
             if stopped:
                 platform.start()

@@ -458,7 +458,7 @@ def restart(container: Any, engine: str = "the Docker engine", timeout: int = ST
         container.restart(timeout=timeout)
 
 
-def one_off_settings(container: Any) -> dict[str, Any]:
+def one_off_settings(container: Any, image: str | None = None) -> dict[str, Any]:
     """How a one-off command runs beside the Odoo container: its image, volumes, network, environment.
 
     The same volumes (``volumes_from``: the data_dir with the filestore), the same network (host
@@ -476,9 +476,12 @@ def one_off_settings(container: Any) -> dict[str, Any]:
         network_mode = networks[0]
     labels = {k: v for k, v in (config.get("Labels") or {}).items() if k.startswith(ODOOPS_LABEL_PREFIX)}
     labels[ONE_OFF_LABEL] = container.name
+    env = list(config.get("Env") or [])
+    if image is not None and image != container_image(container):  # another release: its own image defaults
+        env = own_settings(container)["Env"] or []
     settings: dict[str, Any] = {
-        "image": container_image(container), "volumes_from": [container.id], "network_mode": network_mode,
-        "environment": list(config.get("Env") or []), "labels": labels, "entrypoint": [""],
+        "image": image or container_image(container), "volumes_from": [container.id], "network_mode": network_mode,
+        "environment": env, "labels": labels, "entrypoint": [""],
     }
     if config.get("User"):
         settings["user"] = config["User"]
@@ -489,16 +492,22 @@ def one_off_settings(container: Any) -> dict[str, Any]:
 
 def run_one_off(client: Any, container: Any, argv: list[str], engine: str = "the Docker engine",
                 check: bool = True, timeout: float | None = None,
-                on_start: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:
+                on_start: Callable[[int], None] | None = None, image: str | None = None, user: str | None = None,
+                collect: Callable[[Any], None] | None = None) -> subprocess.CompletedProcess:
     """Run ``argv`` (the image's entrypoint cleared: argv is the whole command) in a one-off container.
 
     The container is removed afterwards whatever happens; at ``timeout`` it is killed and TimedOut
     raised; ``on_start`` gets its main process's host pid (``State.Pid``) when the engine reports one.
+    ``image``: another image than the Odoo container's (a release switched to); ``user``: another user;
+    ``collect`` receives the one-off once it has ended (killed at its limit too), before it is removed: what
+    it wrote in its own file system (an update's log) can be read out then.
     """
     import requests
 
     name = posixpath.basename(argv[0]) if argv else "command"
-    settings = one_off_settings(container)
+    settings = one_off_settings(container, image)
+    if user is not None:
+        settings["user"] = user
     one_off = None
     try:
         with engine_errors(engine, f"run {name} beside container {container.name}"):
@@ -521,6 +530,9 @@ def run_one_off(client: Any, container: Any, argv: list[str], engine: str = "the
             stderr = one_off.logs(stdout=False, stderr=True)
     finally:
         if one_off is not None:
+            if collect is not None:
+                _kill_quietly(one_off)
+                collect(one_off)
             _remove_quietly(one_off)
     result = subprocess.CompletedProcess(list(argv), code, stdout, stderr)
     if check and code != 0:
@@ -540,3 +552,232 @@ def _remove_quietly(container: Any) -> None:
         pass
     except Exception:  # noqa: BLE001 - an unreachable engine here must not hide the command's own error
         pass
+
+
+def _kill_quietly(container: Any) -> None:
+    """Stop a one-off that may still run (its time limit), so what it wrote can be read out whole."""
+    from docker import errors
+
+    try:
+        container.kill()
+    except (errors.NotFound, errors.APIError):
+        pass
+    except Exception:  # noqa: BLE001 - the command's own error matters more
+        pass
+
+
+def remove_one_offs(client: Any, name: str, engine: str = "the Docker engine") -> list[str]:
+    """Kill and remove every one-off container left beside the Odoo container ``name`` (a killed run's
+    update, a helper): they carry ``odoops.one-off=<name>``. Returns their names."""
+    with engine_errors(engine, f"list the one-off containers beside {name}"):
+        left = client.containers.list(all=True, filters={"label": f"{ONE_OFF_LABEL}={name}"})
+    for one_off in left:
+        _remove_quietly(one_off)
+    return [c.name for c in left]
+
+
+def exec_in(container: Any, argv: list[str], engine: str = "the Docker engine",
+            user: str | None = None) -> subprocess.CompletedProcess:
+    """``argv`` run with ``exec`` in the running container (no new container: a few ms)."""
+    with engine_errors(engine, f"run {posixpath.basename(argv[0])} in container {container.name}"):
+        kwargs: dict[str, Any] = {"demux": True}
+        if user is not None:
+            kwargs["user"] = user
+        code, (out, err) = container.exec_run(list(argv), **kwargs)
+    return subprocess.CompletedProcess(list(argv), int(code if code is not None else -1), out or b"", err or b"")
+
+
+def copy_out(container: Any, path: str, target: Any, engine: str = "the Docker engine") -> bool:
+    """Stream one file of the container (running or stopped) into the local file ``target``; False when absent."""
+    import shutil
+
+    try:
+        with archive_stream(container, path, engine) as tar:
+            for member in tar:
+                if member.isfile():
+                    handle = tar.extractfile(member)
+                    with open(target, "wb") as out:
+                        if handle is not None:
+                            shutil.copyfileobj(handle, out, CHUNK)
+                    return True
+    except PathNotFound:
+        return False
+    return False
+
+
+# ---------------------------------------------------------------- images and releases
+
+
+def find_image(client: Any, ref: str, engine: str = "the Docker engine") -> Any | None:
+    """The image ``ref`` names on the engine (a tag or an id), or None when the engine has none."""
+    from docker import errors
+
+    with engine_errors(engine, f"look up image {ref}"):
+        try:
+            return client.images.get(ref)
+        except (errors.ImageNotFound, errors.NotFound):
+            return None
+
+
+def image_tag(image: Any) -> str:
+    """The image's first tag, "" when it has none (an id is then the only name)."""
+    tags = image.tags or []
+    return tags[0] if tags else ""
+
+
+def build_image(client: Any, context: str, tag: str, engine: str = "the Docker engine",
+                dockerfile: str = "Dockerfile", build_args: dict[str, str] | None = None,
+                labels: dict[str, str] | None = None) -> Any:
+    """Build ``context`` (a local folder) with its ``dockerfile`` on the engine, tagged ``tag``.
+
+    docker-py sends the folder as the build context; the build log is read to its end. A failing build is
+    one ToolFailed line with the build's own error (the step that failed and why), never the whole log.
+    """
+    from docker import errors
+
+    with engine_errors(engine, f"build image {tag}"):
+        try:
+            image, _log = client.images.build(path=context, dockerfile=dockerfile, tag=tag,
+                                              buildargs=dict(build_args or {}), labels=dict(labels or {}),
+                                              rm=True, forcerm=True, pull=False)
+        except errors.BuildError as exc:
+            raise ToolFailed(f"building image {tag} from {dockerfile} failed: {build_failure(exc)}") from None
+        except errors.APIError as exc:  # an engine that refuses the build itself (a Dockerfile it cannot read)
+            raise ToolFailed(f"building image {tag} from {dockerfile} failed: {_reason(exc)}") from None
+    return image
+
+
+def build_failure(exc: Any) -> str:
+    """The line of a failed build that says what failed: the engine's error, else the log's last error line."""
+    lines: list[str] = []
+    for entry in getattr(exc, "build_log", None) or []:
+        text = entry.get("error") or entry.get("stream") or ""
+        lines.extend(line.strip() for line in str(text).splitlines() if line.strip())
+    message = " ".join(str(getattr(exc, "msg", "") or "").split())
+    wanted = ("error", "failed", "no such file", "not found", "returned a non-zero code", "exit status")
+    for line in reversed(lines):
+        if any(word in line.lower() for word in wanted) and line != message:
+            return f"{line} ({message})"[:400] if message and message not in line else line[:400]
+    return (message or (lines[-1] if lines else "the build failed"))[:400]
+
+
+def remove_image(client: Any, ref: str, engine: str = "the Docker engine") -> None:
+    """Remove an image (a tag of it); one still used by a container stays."""
+    from docker import errors
+
+    with engine_errors(engine, f"remove image {ref}"):
+        try:
+            client.images.remove(ref)
+        except (errors.ImageNotFound, errors.NotFound):
+            pass
+
+
+# ---------------------------------------------------------------- replacing the container with another image
+
+
+# Config keys that create/inspect share; the rest of Config is the engine's own bookkeeping.
+_CONFIG_KEYS = ("Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts",
+                "Tty", "OpenStdin", "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped", "WorkingDir",
+                "Entrypoint", "NetworkDisabled", "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout",
+                "Shell")
+
+
+def own_settings(container: Any) -> dict[str, Any]:
+    """The container's configuration without what its image gave it: a replacement from another image gets
+    that image's defaults (its PATH, its labels, its entrypoint) and keeps what the container set itself."""
+    from docker import errors
+
+    config = {k: v for k, v in (container.attrs.get("Config") or {}).items() if k in _CONFIG_KEYS}
+    try:
+        image_config = container.client.images.get(container_image(container)).attrs.get("Config") or {}
+    except (errors.ImageNotFound, errors.NotFound):
+        image_config = {}
+    image_env = set(image_config.get("Env") or [])
+    config["Env"] = [e for e in config.get("Env") or [] if e not in image_env] or None
+    image_labels = image_config.get("Labels") or {}
+    config["Labels"] = {k: v for k, v in (config.get("Labels") or {}).items() if image_labels.get(k) != v}
+    for key in ("Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Healthcheck", "StopSignal", "Shell",
+                "OnBuild"):
+        if key in config and config[key] == image_config.get(key):
+            config.pop(key)
+    if not config.get("StopTimeout"):
+        config.pop("StopTimeout", None)  # 0 in an inspect (Podman) means "the engine's default", not "kill at once"
+    return config
+
+
+def replacement_config(container: Any, image: str) -> dict[str, Any]:
+    """The create request of a container like ``container`` (same settings, volumes, network) but from ``image``.
+
+    Volumes come from the container's actual mounts, each by its volume name (an anonymous volume too: it is
+    re-attached, not re-created empty), binds by their host path. The network: the same mode, or the first
+    user network with the container's own aliases (its id-based alias is the old container's); others are
+    connected after creation (:func:`replace_container`).
+    """
+    attrs = container.attrs
+    config = own_settings(container)
+    host = {k: v for k, v in (attrs.get("HostConfig") or {}).items()}
+    network_mode = host.get("NetworkMode") or "default"
+    if network_mode == "host" or network_mode.startswith("container:") or container.id[:12] == config.get("Hostname"):
+        config.pop("Hostname", None)  # the host's, another container's, or the engine's default (the old id)
+    # Podman reports ulimits by their kernel names, and only accepts the short ones back
+    host["Ulimits"] = [{**u, "Name": str(u.get("Name", "")).lower().removeprefix("rlimit_")}
+                       for u in host.get("Ulimits") or []] or None
+    binds = []
+    for mount in attrs.get("Mounts") or []:
+        mode = "rw" if mount.get("RW", True) else "ro"
+        if mount.get("Type") == "volume" and mount.get("Name"):
+            binds.append(f"{mount['Name']}:{mount['Destination']}:{mode}")
+        elif mount.get("Type") == "bind":
+            binds.append(f"{mount['Source']}:{mount['Destination']}:{mode}")
+    host["Binds"] = binds or None
+    host["Mounts"] = [m for m in host.get("Mounts") or [] if m.get("Type") == "tmpfs"] or None
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    if network_mode in ("default", "bridge") and networks and next(iter(networks)) not in ("bridge", "podman"):
+        network_mode = next(iter(networks))
+    host["NetworkMode"] = network_mode
+    if network_mode in networks:
+        endpoint = networks[network_mode] or {}
+        aliases = [a for a in endpoint.get("Aliases") or [] if a not in (container.id[:12], container.id)]
+        settings: dict[str, Any] = {"Aliases": aliases or None}
+        if endpoint.get("IPAMConfig"):
+            settings["IPAMConfig"] = endpoint["IPAMConfig"]
+        config["NetworkingConfig"] = {"EndpointsConfig": {network_mode: settings}}
+    return {**config, "Image": image, "HostConfig": host}
+
+
+def replace_container(client: Any, container: Any, image: str, engine: str = "the Docker engine") -> Any:
+    """Replace the (stopped) container by a new one from ``image`` with its name and configuration; returns it.
+
+    Safe against a failure half-way: the old container is renamed aside first and gets its name back when the
+    new one cannot be created; it is removed (never its volumes) only once the new one exists. The new one is
+    not started here.
+    """
+    import uuid
+
+    name = container.name
+    what = f"replace container {name} with one from image {image}"
+    with engine_errors(engine, what):
+        container.reload()
+        if container.status in ("running", "restarting", "paused"):
+            container.stop(timeout=STOP_TIMEOUT)
+        request = replacement_config(container, image)
+        extra_networks = [n for n in ((container.attrs.get("NetworkSettings") or {}).get("Networks") or {})
+                          if n != request["HostConfig"]["NetworkMode"] and n not in ("bridge", "podman")]
+        aside = f"{name}-odoops-old-{uuid.uuid4().hex[:8]}"
+        container.rename(aside)
+        try:
+            created = client.api.create_container_from_config(request, name=name)
+            new = client.containers.get(created["Id"])
+            for network in extra_networks:
+                client.networks.get(network).connect(new)
+        except BaseException:
+            try:
+                stale = client.containers.get(name)
+                if stale.id != container.id:
+                    stale.remove(force=True)
+            except Exception:  # noqa: BLE001 - nothing was created under the name
+                pass
+            container.rename(name)
+            raise
+        container.remove(v=False)
+    return new

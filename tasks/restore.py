@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,6 +37,9 @@ def owned_name(target: str, tag: str) -> str:
         return name
     short = hashlib.sha1(target.encode()).hexdigest()[:8]  # noqa: S324 - a name, not a security hash
     return f"{target.encode()[:63 - len(tag) - 18].decode(errors='ignore')}_{short}__odoops_{tag}"
+
+
+SCRATCH_MARKER = ".odoops-restore"  # in a restore's temporary folder: odoops made it, and may remove it
 
 
 def sibling_folder(target_fs: Path, tag: str) -> Path:
@@ -73,9 +75,15 @@ def rename_database(conn, old: str, new: str, attempts: int = 10) -> None:
             time.sleep(0.2)
 
 
-def prepare_scratch(server: ConnInfo, target_db: str, target_fs: Path, source: str) -> tuple[str, Path]:
-    """Create the empty temporary database and folder; clean what an interrupted restore left."""
-    temp_db, temp_fs = owned_name(target_db, "restore"), sibling_folder(target_fs, "restore")
+def prepare_scratch(server: ConnInfo, target_db: str, target_fs: str, source: str,
+                    folders: FilestoreFolders = LOCAL_FOLDERS) -> tuple[str, str, Path]:
+    """Create the empty temporary database and folder; clean what an interrupted restore left.
+
+    Returns the temporary database, the temporary filestore folder beside the target (as ``folders``
+    addresses it) and the local folder the files are loaded into: that same folder where this machine sees
+    it, else a local staging folder that :func:`place_scratch` moves there before the swap.
+    """
+    temp_db, temp_fs = owned_name(target_db, "restore"), str(sibling_folder(Path(target_fs), "restore"))
     with connect(server.with_dbname("postgres")) as conn:
         comment = database_mark(conn, temp_db)
         if comment is not None:
@@ -87,24 +95,41 @@ def prepare_scratch(server: ConnInfo, target_db: str, target_fs: Path, source: s
         conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(sql.Identifier(temp_db)))
         set_database_mark(conn, temp_db, {"kind": "restore-in-progress", "target": target_db, "source": source,
                                      "at": datetime.now(UTC).isoformat(timespec="seconds")})
-    if temp_fs.exists():
-        if not (temp_fs / ".odoops-restore").exists():
+    if folders.exists(temp_fs):
+        if not folders.exists(f"{temp_fs}/{SCRATCH_MARKER}"):
             raise RefusedError(f"folder {temp_fs} exists and odoops did not create it: move it away")
-        shutil.rmtree(temp_fs)
-    temp_fs.mkdir(parents=True)
-    (temp_fs / ".odoops-restore").write_text(source)
-    return temp_db, temp_fs
+        folders.remove(temp_fs)
+    if folders.is_local:
+        load_dir = Path(temp_fs)
+        load_dir.mkdir(parents=True)
+    else:
+        import tempfile
+
+        load_dir = Path(tempfile.mkdtemp(prefix="odoops-restore-")) / "filestore"
+        load_dir.mkdir()
+    (load_dir / SCRATCH_MARKER).write_text(source)
+    return temp_db, temp_fs, load_dir
 
 
-def discard_scratch(server: ConnInfo, temp_db: str, temp_fs: Path) -> None:
+def place_scratch(temp_fs: str, load_dir: Path, folders: FilestoreFolders = LOCAL_FOLDERS) -> None:
+    """Where this machine does not see the filestore, move the loaded files beside the target now."""
+    if not folders.is_local:
+        folders.import_tree(load_dir, temp_fs)
+        shutil.rmtree(load_dir.parent, ignore_errors=True)
+
+
+def discard_scratch(server: ConnInfo, temp_db: str, temp_fs: str, folders: FilestoreFolders = LOCAL_FOLDERS,
+                    load_dir: Path | None = None) -> None:
     """Drop the temporary database and folder of a restore that did not complete."""
     with connect(server.with_dbname("postgres")) as conn:
         comment = database_mark(conn, temp_db)
         if comment is not None and comment.startswith(MARK):
             terminate_sessions(conn, temp_db)
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(temp_db)))
-    if (temp_fs / ".odoops-restore").exists():
-        shutil.rmtree(temp_fs, ignore_errors=True)
+    if folders.exists(f"{temp_fs}/{SCRATCH_MARKER}"):
+        folders.remove(temp_fs)
+    if load_dir is not None and not folders.is_local:
+        shutil.rmtree(load_dir.parent, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -119,14 +144,14 @@ class Snapshot:
     source: str
 
 
-def swap_in(server: ConnInfo, environment: str, target_db: str, target_fs: Path, temp_db: str, temp_fs: Path,
-            source: str) -> Snapshot | None:
+def swap_in(server: ConnInfo, environment: str, target_db: str, target_fs: str, temp_db: str, temp_fs: str,
+            source: str, folders: FilestoreFolders = LOCAL_FOLDERS) -> Snapshot | None:
     """Rename the restored copy into place, keeping the replaced one as a snapshot; all or nothing."""
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
-    prev_db, prev_fs = owned_name(target_db, f"prev_{stamp}"), sibling_folder(target_fs, f"prev-{stamp}")
+    prev_db, prev_fs = owned_name(target_db, f"prev_{stamp}"), str(sibling_folder(Path(target_fs), f"prev-{stamp}"))
     undo: list = []
     snapshot = None
-    (temp_fs / ".odoops-restore").unlink()
+    folders.unlink(f"{temp_fs}/{SCRATCH_MARKER}")
     with connect(server.with_dbname("postgres")) as conn:
         try:
             had_target = database_mark(conn, target_db) is not None
@@ -135,20 +160,20 @@ def swap_in(server: ConnInfo, environment: str, target_db: str, target_fs: Path,
                 undo.append(lambda: rename_database(conn, prev_db, target_db))
             rename_database(conn, temp_db, target_db)
             undo.append(lambda: rename_database(conn, target_db, temp_db))
-            if target_fs.exists():
-                os.rename(target_fs, prev_fs)
-                undo.append(lambda: os.rename(prev_fs, target_fs))
-            target_fs.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(temp_fs, target_fs)
-            undo.append(lambda: os.rename(target_fs, temp_fs))
+            if folders.exists(target_fs):
+                folders.rename(target_fs, prev_fs)
+                undo.append(lambda: folders.rename(prev_fs, target_fs))
+            folders.makedirs(str(Path(target_fs).parent))
+            folders.rename(temp_fs, target_fs)
+            undo.append(lambda: folders.rename(target_fs, temp_fs))
         except BaseException:
             for step in reversed(undo):
                 step()
-            (temp_fs / ".odoops-restore").write_text(source)
+            folders.write_text(f"{temp_fs}/{SCRATCH_MARKER}", source)
             raise
         set_database_mark(conn, target_db, None)
         if had_target:
-            snapshot = Snapshot(environment, target_db, prev_db, str(prev_fs) if prev_fs.exists() else None,
+            snapshot = Snapshot(environment, target_db, prev_db, prev_fs if folders.exists(prev_fs) else None,
                                 datetime.now(UTC).isoformat(), source)
             set_database_mark(conn, prev_db, {"kind": "pre-restore", **snapshot.__dict__})
     return snapshot
@@ -190,22 +215,24 @@ def drop_snapshot(server: ConnInfo, snapshot: Kept, folders: FilestoreFolders = 
         folders.remove(snapshot.filestore)
 
 
-def expire_snapshots(server: ConnInfo, environment: str, keep: int = SNAPSHOTS_KEPT) -> list[str]:
+def expire_snapshots(server: ConnInfo, environment: str, keep: int = SNAPSHOTS_KEPT,
+                     folders: FilestoreFolders = LOCAL_FOLDERS) -> list[str]:
     dropped = []
     for snapshot in list_snapshots(server, environment)[keep:]:
-        drop_snapshot(server, snapshot)
+        drop_snapshot(server, snapshot, folders)
         dropped.append(snapshot.database)
     return dropped
 
 
-def undo_restore(server: ConnInfo, environment: str, target_fs: Path) -> Snapshot:
+def undo_restore(server: ConnInfo, environment: str, target_fs: str,
+                 folders: FilestoreFolders = LOCAL_FOLDERS) -> Snapshot:
     """Put the newest pre-restore snapshot back; the replaced state becomes a snapshot in its turn."""
     snapshots = list_snapshots(server, environment)
     if not snapshots:
         raise RefusedError(f"environment {environment} has no pre-restore snapshot to go back to")
     last = snapshots[0]
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
-    undone_db, undone_fs = owned_name(last.target, f"prev_{stamp}"), sibling_folder(target_fs, f"prev-{stamp}")
+    undone_db, undone_fs = owned_name(last.target, f"prev_{stamp}"), str(sibling_folder(Path(target_fs), f"prev-{stamp}"))
     with connect(server.with_dbname("postgres")) as conn:
         steps: list = []
         try:
@@ -213,17 +240,17 @@ def undo_restore(server: ConnInfo, environment: str, target_fs: Path) -> Snapsho
             steps.append(lambda: rename_database(conn, undone_db, last.target))
             rename_database(conn, last.database, last.target)
             steps.append(lambda: rename_database(conn, last.target, last.database))
-            if target_fs.exists():
-                os.rename(target_fs, undone_fs)
-                steps.append(lambda: os.rename(undone_fs, target_fs))
+            if folders.exists(target_fs):
+                folders.rename(target_fs, undone_fs)
+                steps.append(lambda: folders.rename(undone_fs, target_fs))
             if last.filestore:
-                os.rename(last.filestore, target_fs)
+                folders.rename(last.filestore, target_fs)
         except BaseException:
             for step in reversed(steps):
                 step()
             raise
         set_database_mark(conn, last.target, None)
-        replaced = Snapshot(environment, last.target, undone_db, str(undone_fs) if undone_fs.exists() else None,
+        replaced = Snapshot(environment, last.target, undone_db, undone_fs if folders.exists(undone_fs) else None,
                             datetime.now(UTC).isoformat(), f"undo of restore from {last.source}")
         set_database_mark(conn, undone_db, {"kind": "pre-restore", **replaced.__dict__})
     return last

@@ -308,3 +308,72 @@ def test_a_killed_deploy_is_found_and_resume_rollback_puts_the_state_back(site, 
     assert os.readlink(site.current) == str(site.first)
     assert snapshot.snapshots(server, "staging") == []
     assert [r["outcome"] for r in _records(site.inventory, "staging")] == ["in-progress", "rolled back (resumed)"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_busy_environment_is_refused_with_its_holder_named(pg_cluster, tmp_path, monkeypatch):
+    """Another runbook holds staging (its slot): the deploy waits its bounded turn, then names the holder."""
+    from prefect import flow
+
+    from flows.deploy import deploy_flow
+    from odoops.errors import EnvironmentBusy
+    from odoops.slots import environment_slot
+    from tests.helpers import host_env
+
+    inventory = write_inventory(tmp_path / "inv.yaml", {"staging": host_env(
+        pg_cluster, "acme_busy", tmp_path / "fs", stage="staging", odoo_bin=["true"], stop_command=["true"],
+        start_command=["true"], git={"repository": str(tmp_path / "addons.git")})})
+    holding, release = threading.Event(), threading.Event()
+
+    @flow(name="hold-staging")
+    def hold() -> None:
+        with environment_slot("staging"):
+            holding.set()
+            release.wait(120)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert holding.wait(120), "the holder never took the slot"
+        monkeypatch.setenv("ODOOPS_SLOT_WAIT_SECONDS", "1")
+        with pytest.raises(EnvironmentBusy, match=r"staging is busy: held by hold-staging .*still held after \d+ s: wait for it to end"):
+            deploy_flow("staging", ref="main", inventory=str(inventory))
+    finally:
+        release.set()
+        holder.join(60)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_disk_full_while_snapshotting_changes_nothing(pg_cluster, sample_template, tmp_path):
+    """The snapshot deploy and upgrade share (flows/changes.py) on a filestore whose file system has no room
+    left for the snapshot's folders: refused with one line, no snapshot left behind, the data as it was.
+    (The upgrade runbook reaches the snapshot without a git repository.)"""
+    import shutil
+
+    from flows.upgrade import upgrade_flow
+    from odoops.errors import DiskFull
+    from tests.helpers import copy_sample, drop_database, file_sha1s, host_env, table_checksums
+
+    assert os.geteuid() == 0, "this test mounts a small tmpfs: run the suite as root (CI does)"
+    dbname, filestore = copy_sample(pg_cluster, sample_template, tmp_path)
+    small = tmp_path / "small"
+    small.mkdir()
+    folders = sum(1 for p in filestore.rglob("*") if p.is_dir()) + 1
+    # room for the filestore's own folders and files (tmpfs counts an inode per folder and file), none for a copy
+    inodes = folders + sum(1 for p in filestore.rglob("*") if p.is_file()) + 3
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=64m,nr_inodes={inodes}", "tmpfs", str(small)], check=True)
+    try:
+        live = small / dbname
+        shutil.copytree(filestore, live)
+        inventory = write_inventory(tmp_path / "inv.yaml", {"staging": host_env(
+            pg_cluster, dbname, live, stage="staging", odoo_bin=["true"], stop_command=["true"],
+            start_command=["true"])})
+        before = table_checksums(pg_cluster, dbname), file_sha1s(live)
+        with pytest.raises(DiskFull, match="no space left to snapshot the filestore .*nothing was changed"):
+            upgrade_flow("staging", modules=["contacts"], inventory=str(inventory))
+        assert (table_checksums(pg_cluster, dbname), file_sha1s(live)) == before
+        assert sorted(p.name for p in small.iterdir()) == [dbname], "no half-made snapshot folder"
+        assert snapshot.snapshots(ConnInfo.from_dsn(pg_cluster.dsn()), "staging") == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
+        drop_database(pg_cluster, dbname)

@@ -10,20 +10,12 @@ service). Everything created carries the session's labels, so the engine fixture
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
-import secrets
 import signal
-import tarfile
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -32,129 +24,33 @@ from odoops.errors import ConfigError, ConnectionFailed, TimedOut, ToolFailed
 from odoops.inventory import load_inventory
 from odoops.platforms import platform_for
 from odoops.platforms.docker import DockerPlatform
-from odoops.sandbox import free_port
-from tests.helpers import copy_sample, drop_database, write_inventory
-from tests.services_odoo import ODOO_DB_USER
+from tests.docker_site import create_odoo_container, remove_odoo_container
+from tests.docker_site import get as _get
+from tests.docker_site import volume_files as _volume_files
+from tests.docker_site import wait_healthy as _wait_healthy
+from tests.helpers import drop_database, write_inventory
 
-HEALTH_TIMEOUT = 180.0  # about 2 s on an idle machine; 2 cores shared with other test runs
 ENV = "acme-docker"
 
 
 # ---------------------------------------------------------------- the Odoo container
 
 
-def _tar(entries: list[tuple[str, bytes | None]], uid: int, gid: int) -> bytes:
-    """An in-memory tar: (name, content) for files, (name, None) for folders, owned by uid:gid."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.uid, info.gid, info.mtime = uid, gid, int(time.time())
-            if content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(content), 0o640
-                tar.addfile(info, io.BytesIO(content))
-    return buf.getvalue()
-
-
-def _volume_files(container, folder: str) -> dict[str, bytes]:
-    """The regular files below ``folder`` in the container, read straight from the engine (not through odoops)."""
-    stream, _ = container.get_archive(folder)
-    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-
-
-def _user_ids(container, user: str) -> tuple[int, int]:
-    """uid and gid of ``user`` from the image's /etc/passwd (they differ between images)."""
-    stream, _ = container.get_archive("/etc/passwd")
-    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        passwd = tar.extractfile("passwd").read().decode()
-    for line in passwd.splitlines():
-        fields = line.split(":")
-        if fields[0] == user:
-            return int(fields[2]), int(fields[3])
-    raise AssertionError(f"no user {user} in the image's /etc/passwd")
-
-
-def _get(url: str, timeout: float = 5) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read()
-
-
-def _wait_healthy(container, url: str, timeout: float = HEALTH_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        container.reload()
-        if container.status in ("exited", "dead"):
-            raise AssertionError(f"the Odoo container {container.status}:\n{container.logs().decode()[-3000:]}")
-        try:
-            if json.loads(_get(f"{url}/web/health", timeout=2)).get("status") == "pass":
-                return
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise AssertionError(f"Odoo in its container not healthy within {timeout} s ({last}):\n"
-                         f"{container.logs().decode()[-3000:]}")
-
-
-@dataclass
-class OdooContainer:
-    container: object  # docker-py Container
-    name: str
-    dbname: str
-    url: str
-    inventory: Path
-    admin_passwd: str
-    compose: tuple[str, str]
-    files: dict[str, bytes]  # what was put in the volume's filestore
-
-
 @pytest.fixture(scope="module")
 def odoo_container(docker_engine, odoo_image, pg_cluster, odoo_db_role, sample_template, tmp_path_factory):
-    client = docker_engine.client
     folder = tmp_path_factory.mktemp("docker-env")
-    dbname, filestore = copy_sample(pg_cluster, sample_template, folder)
-    run = uuid.uuid4().hex[:8]
-    port = free_port()
-    admin_passwd = secrets.token_hex(12)
-    volume = client.volumes.create(name=f"odoops-test-data-{run}", labels=docker_engine.label())
-    config = "[options]\n" + "".join(f"{k} = {v}\n" for k, v in {
-        "admin_passwd": admin_passwd, "db_host": pg_cluster.host, "db_port": pg_cluster.port,
-        "db_user": ODOO_DB_USER, "db_password": False, "data_dir": odoo_image.data_dir,
-        "addons_path": odoo_image.addons_path, "http_interface": "127.0.0.1", "http_port": port, "workers": 0,
-        "max_cron_threads": 0, "list_db": False, "dbfilter": f"^{re.escape(dbname)}$", "log_level": "info",
-    }.items())
-    compose = (f"acme{run}", "odoo")
-    name = f"odoops-test-odoo-{run}"
-    container = client.containers.create(
-        odoo_image.tag, name=name, network_mode="host",
-        volumes={volume.name: {"bind": odoo_image.data_dir, "mode": "rw"}},
-        labels=docker_engine.label(role="server", **{"com.docker.compose.project": compose[0],
-                                                     "com.docker.compose.service": compose[1]}))
-    uid, gid = _user_ids(container, "odoo")
-    assert container.put_archive("/etc/odoo", _tar([("odoo.conf", config.encode())], uid, gid))
-    files = {p.relative_to(filestore).as_posix(): p.read_bytes() for p in sorted(filestore.rglob("*")) if p.is_file()}
-    folders = sorted({f"filestore/{dbname}/{parent.as_posix()}" for rel in files for parent in Path(rel).parents
-                      if parent != Path(".")})
-    entries = [("filestore", None), (f"filestore/{dbname}", None), *[(f, None) for f in folders],
-               *[(f"filestore/{dbname}/{rel}", data) for rel, data in files.items()]]
-    assert container.put_archive(odoo_image.data_dir, _tar(entries, uid, gid))
-    container.start()
-    url = f"http://127.0.0.1:{port}"
-    _wait_healthy(container, url)
-    inventory = write_inventory(folder / "environments.yaml", {
+    site = create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template, folder)
+    site.container.start()
+    _wait_healthy(site.container, site.url)
+    site.inventory = write_inventory(folder / "environments.yaml", {
         ENV: {"stage": "staging", "platform": "docker",
-              "docker": {"engine": docker_engine.docker_host, "container": name},
-              "database": {"dsn": pg_cluster.dsn(dbname)}, "url": url,
+              "docker": {"engine": docker_engine.docker_host, "container": site.name},
+              "database": {"dsn": pg_cluster.dsn(site.dbname)}, "url": site.url,
               "odoo_bin": [odoo_image.odoo_bin, "-c", odoo_image.config], "backup": {"storage": "local"}},
     })
-    yield OdooContainer(container, name, dbname, url, inventory, admin_passwd, compose, files)
-    container.remove(force=True, v=True)
-    volume.remove(force=True)
-    drop_database(pg_cluster, dbname)
+    yield site
+    remove_odoo_container(docker_engine, site)
+    drop_database(pg_cluster, site.dbname)
 
 
 @pytest.fixture
@@ -183,6 +79,12 @@ BAD_DOCKER = [
     ({"container": "a b"}, "docker.container: 'a b' is not a container name"),
     ({"compose": {"project": "p"}}, "docker.compose.service: missing"),
     ({"container": "a", "volume": "x"}, "docker.volume: unknown key"),
+    ({"container": "a", "dockerfile": "../Dockerfile"}, "docker.dockerfile: '../Dockerfile' is not a path inside the "
+                                                        "repository"),
+    ({"container": "a", "build_args": {"PIP_INDEX": 3}}, "docker.build_args.PIP_INDEX: expected a string, got int"),
+    ({"container": "a", "build_args": ["X=1"]}, "docker.build_args: expected a mapping"),
+    ({"container": "a", "image_repository": "Acme/Odoo:17"}, "docker.image_repository: 'Acme/Odoo:17' is not an "
+                                                             "image repository name"),
     ("acme-odoo", "docker: expected a mapping"),
     (None, "docker: missing; add docker: {container: NAME}"),
 ]

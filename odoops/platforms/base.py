@@ -98,6 +98,10 @@ class FilestoreFolders:
                 count += 1
         return count
 
+    # True: this machine sees the folders, and a restore loads files straight into them; False: a restore
+    # loads into a local folder first and import_tree() places it.
+    is_local: bool = True
+
     def rename(self, source: str, target: str) -> None:
         os.rename(source, target)
 
@@ -105,6 +109,22 @@ class FilestoreFolders:
         import shutil
 
         shutil.rmtree(path, ignore_errors=True)
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def write_text(self, path: str, text: str) -> None:
+        with open(path, "w") as out:
+            out.write(text)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def import_tree(self, local: Path, target: str) -> None:
+        """Place the local folder ``local`` (a restored filestore) at ``target``, which must not exist."""
+        import shutil
+
+        shutil.move(str(local), target)
 
 
 LOCAL_FOLDERS = FilestoreFolders()
