@@ -57,6 +57,27 @@ def requirements(env: Environment, what: str = "an upgrade") -> None:
         raise ConfigError(f"environment {env.name}: {what} over SSH is not supported yet: run odoops on that host")
 
 
+def approve(env: Environment, what: str, plan: str, timeout: float) -> None:
+    """Production waits for a person: the run pauses with the plan (markdown), approve it in the Prefect UI or
+    it is refused; nothing has been changed yet either way."""
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+    from prefect.input import RunInput
+
+    class ChangeApproval(RunInput):
+        approve: bool
+
+    try:
+        answer = pause_flow_run(wait_for_input=ChangeApproval.with_initial_data(
+            description=plan + f"\n\nTick **approve** to {what}, or leave it to refuse.", approve=False),
+            timeout=int(timeout), poll_interval=max(1, min(5, int(timeout))))
+    except FlowPauseTimeout:
+        raise RefusedError(f"the {what} of {env.name} was not approved within {timeout:.0f} s: nothing was changed; "
+                           "start it again and approve it in the Prefect UI (or --yes from the CLI)") from None
+    if not answer.approve:
+        raise RefusedError(f"the {what} of {env.name} was refused in the Prefect UI: nothing was changed")
+
+
 def verify_serving(env: Environment, target: ConnInfo) -> dict[str, Any]:
     """What must hold after a change (and after a rollback): a list of problems, empty when serving."""
     checks: dict[str, Any] = {"problems": []}

@@ -61,26 +61,6 @@ def plan_markdown(env: Environment, plan: dict[str, Any]) -> str:
         *[f"- `{c['sha'][:10]}` {c['subject']}" for c in commits[:20]]])
 
 
-def approve(env: Environment, plan: dict[str, Any], timeout: float) -> None:
-    """Production waits for a person: the run pauses with the plan, approve it in the UI or it is refused."""
-    from prefect.exceptions import FlowPauseTimeout
-    from prefect.flow_runs import pause_flow_run
-    from prefect.input import RunInput
-
-    class DeployApproval(RunInput):
-        approve: bool
-
-    try:
-        answer = pause_flow_run(wait_for_input=DeployApproval.with_initial_data(
-            description=plan_markdown(env, plan) + "\n\nTick **approve** to deploy, or leave it to refuse.",
-            approve=False), timeout=int(timeout), poll_interval=max(1, min(5, int(timeout))))
-    except FlowPauseTimeout:
-        raise RefusedError(f"the deploy to {env.name} was not approved within {timeout:.0f} s: nothing was changed; "
-                           "start it again and approve it in the Prefect UI (or --yes from the CLI)") from None
-    if not answer.approve:
-        raise RefusedError(f"the deploy to {env.name} was refused in the Prefect UI: nothing was changed")
-
-
 def make_plan(env: Environment, inv: Inventory, platform, target, ref: str | None, image: str | None,
               update: str) -> dict[str, Any]:
     """Fetch, resolve, build and decide what the deploy will do; touches nothing the environment runs."""
@@ -170,7 +150,7 @@ def deploy_flow(environment: str, ref: str | None = None, image: str | None = No
                 verify_flow(plan["backup_id"], inventory=inventory)
                 result["phases"]["backup"] = time.monotonic() - clock
                 if not approved:
-                    approve(env, plan, approval_timeout_seconds)
+                    changes.approve(env, "deploy", plan_markdown(env, plan), approval_timeout_seconds)
             release = plan["release"]
             previous = {**(plan["running"] or {"commit": None}), **plan["running_release"]}
             release_history.record_release(inv, env, action=action, release=release, previous=previous,

@@ -44,6 +44,35 @@ class UpgradeFailed(ChangeFailed):
     """The update failed and the environment was put back as it was (or could not be: the message says)."""
 
 
+REHEARSAL_DAYS = 7  # a rehearsal older than this says little about today's database
+
+
+def last_rehearsal(inv, env) -> dict[str, Any] | None:
+    """The newest upgrade rehearsal of ``env`` within REHEARSAL_DAYS, from the audit trail."""
+    from datetime import UTC, datetime, timedelta
+
+    from odoops.audit import read_audit
+    from odoops.runtime import audit_repository
+
+    since = (datetime.now(UTC) - timedelta(days=REHEARSAL_DAYS)).isoformat(timespec="seconds")
+    runs = [r for r in read_audit(audit_repository(inv, env).store, env.name)
+            if r["runbook"] == "upgrade-rehearsal" and r["time"] >= since]
+    return runs[-1] if runs else None
+
+
+def _plan(inv, env, modules: list[str] | None, code: str | None, backup_id: str) -> str:
+    rehearsal = last_rehearsal(inv, env)
+    if rehearsal is None:
+        seen = f"**no rehearsal in the last {REHEARSAL_DAYS} days** (odoops upgrade {env.name} … --rehearse)"
+    else:
+        seconds = sum((rehearsal["details"].get("phases") or {}).values())
+        seen = (f"rehearsal of {rehearsal['time'][:16]} (modules {rehearsal['parameters'].get('modules') or 'all'}): "
+                f"**{rehearsal['outcome']}** in {seconds:.0f} s")
+    return "\n".join([f"**Upgrade {env.name}** ({env.stage})", "", f"Modules: {', '.join(modules or []) or 'all'}  ",
+                      f"New code: `{code or '- (the current release)'}`  ", f"Pre-upgrade backup: `{backup_id}`  ",
+                      f"Last rehearsal: {seen}"])
+
+
 def _markdown(env, result: dict[str, Any]) -> str:
     lines = [f"# Upgrade of {env.name}: {result['outcome']}", "", f"Modules: {result['modules'] or 'all'}  ",
              f"Snapshot: `{result['snapshot']}`  ", f"Update log: `{result['log']}`", "",
@@ -59,9 +88,11 @@ def _markdown(env, result: dict[str, Any]) -> str:
 @flow(name="upgrade", flow_run_name=run_name("upgrade/{environment}/{modules}"))
 def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules: bool = False,
                  code: str | None = None, timeout_seconds: float = 1800, confirm: str | None = None,
-                 resume_rollback: bool = False, inventory: str | None = None) -> dict[str, Any]:
+                 resume_rollback: bool = False, approval_timeout_seconds: float = 3600,
+                 inventory: str | None = None) -> dict[str, Any]:
     """Update MODULES (or all) of ENVIRONMENT, with its current code or the release folder CODE (pointed at by
-    the environment's addons_link); any failure puts back the exact previous state, code included."""
+    the environment's addons_link); any failure puts back the exact previous state, code included.
+    Production: CONFIRM is its name, else the run waits for an approval showing the last rehearsal."""
     parameters = {"environment": environment, "modules": modules, "all_modules": all_modules, "code": code,
                   "timeout_seconds": timeout_seconds, "confirm": confirm, "resume_rollback": resume_rollback}
     inv, env = resolve(environment, inventory)
@@ -72,7 +103,8 @@ def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules
     if not resume_rollback and bool(modules) == all_modules:
         raise ConfigError("name the modules to update (--modules a,b) or update them all (--all), not both")
     logger = get_run_logger()
-    confirm_production(env, confirm)
+    if env.is_production and confirm is not None and confirm != env.name:
+        confirm_production(env, confirm)  # refuses a confirmation that names another environment
     result: dict[str, Any] = {"environment": env.name, "modules": modules, "phases": {}, "errors": [],
                               "versions": {}, "snapshot": None, "log": None, "outcome": "failed"}
     try:
@@ -102,6 +134,8 @@ def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules
                 verify_flow(backup_id, inventory=inventory)
                 result["backup_id"] = backup_id
                 result["phases"]["backup"] = time.monotonic() - clock
+                if confirm != env.name:
+                    changes.approve(env, "upgrade", _plan(inv, env, modules, code, backup_id), approval_timeout_seconds)
             logfile = Path(tempfile.mkdtemp(prefix=f"odoops-upgrade-{env.name}-")) / "update.log"
             change = changes.apply(env, platform, target, changes.Change(
                 runbook="upgrade", reason=f"upgrade -u {','.join(modules) if modules else 'all'}", modules=modules,
@@ -114,6 +148,12 @@ def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules
                           versions={m: (before[m][1], after.get(m, (None, None))[1]) for m in names})
             if change.failure:
                 result.update(failure=change.failure, rollback_checks=change.rollback_checks)
+            if code is not None:  # new code: the environment's release history says what runs now
+                release_history.record_release(
+                    inv, env, action="upgrade", release={"commit": None, "path": code},
+                    previous={"commit": None, **(change.previous_release or {})}, outcome=change.outcome,
+                    backup_id=result.get("backup_id"), snapshot=change.snapshot, modules_updated=modules or ["all"],
+                    details={"failure": change.failure})
     except Exception as exc:
         record_run(inv, "upgrade", env, parameters, f"failed: {exc}", details={"snapshot": result["snapshot"]})
         raise

@@ -13,8 +13,9 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Production: approve w
                                       "the run's log and artifact).")]
 
 
-def _approved(environment: str, what: str, yes: bool, inventory: str | None) -> bool:
-    """Production from a shell: --yes, or a prompt on a terminal; refused without either (no one to ask)."""
+def production_approved(environment: str, what: str, yes: bool, inventory: str | None, flag: str = "--yes") -> bool:
+    """Production from a shell: ``flag``, or a prompt on a terminal; refused without either (no one to ask).
+    False for other stages (nothing to approve)."""
     import sys
 
     from odoops.cli import fail
@@ -29,7 +30,7 @@ def _approved(environment: str, what: str, yes: bool, inventory: str | None) -> 
     if not env.is_production:
         return False
     if not sys.stdin.isatty():
-        fail(f"{environment} is production: {what} needs an approval: pass --yes (or run it from the Prefect UI, "
+        fail(f"{environment} is production: {what} needs an approval: pass {flag} (or run it from the Prefect UI, "
              "where the run waits for one)")
     if not typer.confirm(f"{what} to production environment {environment}? A verified backup is taken first"):
         fail(f"{what} to {environment} not approved: nothing was changed")
@@ -56,7 +57,7 @@ def register(app: typer.Typer) -> None:
 
         if not resume_rollback and bool(ref) == bool(image):
             fail("name the release to deploy: --ref BRANCH|TAG|COMMIT, or --image IMAGE on containers (not both)")
-        approved = resume_rollback or _approved(environment, f"deploy {ref or image}", yes, inventory)
+        approved = resume_rollback or production_approved(environment, f"deploy {ref or image}", yes, inventory)
         with operator_errors():
             from flows.deploy import deploy_flow
 
@@ -75,7 +76,7 @@ def register(app: typer.Typer) -> None:
         """Deploy to TARGET exactly the release SOURCE runs (dev → staging → production)."""
         import json
 
-        approved = _approved(target, f"promote {source}", yes, inventory)
+        approved = production_approved(target, f"promote {source}", yes, inventory)
         with operator_errors():
             from flows.promote import promote_flow
 

@@ -46,6 +46,11 @@ def register(app: typer.Typer) -> None:
             if not result["verdict"].startswith("would succeed"):  # exit 1: the runbook found a problem
                 raise typer.Exit(1)
             return
+        if confirm is None and not resume_rollback:
+            from odoops.cli_deploy import production_approved
+
+            confirm = environment if production_approved(environment, "upgrade", False, inventory,
+                                                                  f"--confirm {environment}") else None
         with operator_errors():
             from flows.upgrade import upgrade_flow
 

@@ -137,3 +137,22 @@ def kill_when(proc, condition, output, timeout: float = 120) -> None:
             time.sleep(0.002)
     finally:
         kill_group(proc)
+
+
+def paused_run(name_prefix: str, timeout: float = 120):
+    """The flow run waiting for an approval (Prefect's API, as the UI sees it)."""
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=["PAUSED"]))))
+            runs = [r for r in runs if r.name.startswith(name_prefix)]
+            if runs:
+                return runs[0]
+            time.sleep(0.3)
+    raise AssertionError(f"no run {name_prefix}… paused for an approval within {timeout} s")

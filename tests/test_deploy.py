@@ -18,7 +18,7 @@ import pytest
 from odoops.errors import ConfigError, RefusedError
 from tasks import git, snapshot
 from tasks.postgres import ConnInfo
-from tests.helpers import kill_group, write_inventory
+from tests.helpers import kill_group, paused_run, write_inventory
 from tests.odoo_site import (
     ADMIN,
     column_exists,
@@ -212,23 +212,6 @@ def _login_log(cluster, dbname: str) -> list[tuple]:
         return conn.execute("SELECT id, create_uid, create_date FROM res_users_log").fetchall()
 
 
-def _paused_run(name_prefix: str, timeout: float = 120):
-    """The flow run waiting for an approval (Prefect's API, as the UI sees it)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=["PAUSED"]))))
-            runs = [r for r in runs if r.name.startswith(name_prefix)]
-            if runs:
-                return runs[0]
-            time.sleep(0.3)
-    raise AssertionError(f"no run {name_prefix}… paused for an approval within {timeout} s")
-
-
 @pytest.mark.usefixtures("prefect_harness")
 def test_promote_to_production_waits_for_an_approval_given_in_the_ui(site, tmp_path, pg_cluster, sample_template,
                                                                       odoo_install, odoo_config_file):
@@ -259,7 +242,7 @@ def test_promote_to_production_waits_for_an_approval_given_in_the_ui(site, tmp_p
         worker = threading.Thread(target=lambda: outcome.update(
             result=promote_flow("staging", "production", inventory=str(inventory))), daemon=True)
         worker.start()
-        paused = _paused_run("deploy/production")
+        paused = paused_run("deploy/production")
         description = read_flow_run_input(keyset_from_paused_state(paused.state)["description"], paused.id)
         assert f"Deploy {second[:12]}" in description and "acme_custom" in description
         assert "Pre-deploy backup: `production-" in description, description

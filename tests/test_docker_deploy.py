@@ -271,3 +271,54 @@ def test_an_image_the_engine_does_not_have_is_refused(site):
                                "first")
     assert site.container.id == container_id and site.records() == records
     assert_on_first_release(site)
+
+
+def test_a_replacement_keeps_every_setting_and_volume_and_undoes_itself_when_it_cannot_be_created(
+        docker_engine, odoo_image, tmp_path):
+    """The container replacement on its own (tasks.containers.replace_container): a named volume, an anonymous one
+    (re-attached by its name, its data kept), a bind mount, a user network with an alias, a published port, the
+    restart policy, a memory limit, env, labels; a failure to create the new one gives the old its name back."""
+    from odoops.errors import ConfigError
+    from tasks import containers
+
+    client = docker_engine.client
+    run = tmp_path.name[-8:].lower().replace("_", "-")
+    volume = client.volumes.create(name=f"odoops-test-named-{run}", labels=docker_engine.label())
+    network = client.networks.create(f"odoops-test-net-{run}", labels=docker_engine.label())
+    (tmp_path / "conf").mkdir()
+    old = client.containers.create(
+        odoo_image.tag, name=f"odoops-test-replace-{run}", command=["--version"], network=network.name,
+        volumes={volume.name: {"bind": "/srv/named", "mode": "rw"}, str(tmp_path / "conf"): {"bind": "/etc/acme",
+                                                                                             "mode": "ro"}},
+        environment={"ACME": "1"}, labels=docker_engine.label(**{"com.docker.compose.service": "odoo"}),
+        restart_policy={"Name": "on-failure", "MaximumRetryCount": 3}, mem_limit="1g", ports={"8069/tcp": None})
+    anonymous = next(m["Name"] for m in old.attrs["Mounts"] if m["Destination"] == odoo_image.data_dir)
+    engine = docker_engine.docker_host
+
+    with pytest.raises(ConfigError, match="image not found"):
+        containers.replace_container(client, old, "sha256:" + "0" * 64, engine)
+    assert client.containers.get(old.name).id == old.id, "the old container has its name back"
+
+    standin = f"odoops-test-standin-{run}:replace"
+    client.images.build(path=str(STANDIN), dockerfile="crashloop.Dockerfile", tag=standin, rm=True,
+                        buildargs={"ODOO_IMAGE": odoo_image.tag})
+    try:
+        new = containers.replace_container(client, old, client.images.get(standin).id, engine)
+        assert new.name == old.name and new.id != old.id and client.containers.list(all=True, filters={"id": old.id}) \
+            == []
+        mounts = lambda c: sorted((m["Name"] if m["Type"] == "volume" else m["Source"], m["Destination"], m["RW"])  # noqa: E731
+                                  for m in c.attrs["Mounts"])
+        assert mounts(new) == mounts(old) and anonymous in {m.get("Name") for m in new.attrs["Mounts"]}
+        assert client.volumes.get(anonymous), "the anonymous volume was re-attached, not removed"
+        assert list(new.attrs["NetworkSettings"]["Networks"]) == [network.name]
+        host = new.attrs["HostConfig"]
+        assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3} and host["Memory"] == 2**30
+        assert host["PortBindings"] == old.attrs["HostConfig"]["PortBindings"]
+        assert "ACME=1" in new.attrs["Config"]["Env"] and new.labels["com.docker.compose.service"] == "odoo"
+        assert new.attrs["Config"]["Cmd"] == ["--version"], "the container's own command is kept"
+        assert new.attrs["Config"]["Entrypoint"] == ["sh", "-c", "echo 'odoo-bin: stand-in release crashing at "
+                                                     "start' >&2; exit 1"], "the new image's entrypoint applies"
+    finally:
+        client.containers.get(old.name).remove(force=True)
+        client.images.remove(standin, force=True)
+        client.volumes.get(anonymous).remove(force=True)

@@ -333,3 +333,32 @@ def test_stop_and_start_the_container_and_read_it_while_stopped(platform, odoo_c
         platform.container_stats()
     assert platform.start()
     _wait_healthy(odoo_container.container, odoo_container.url)
+
+
+def test_stop_leftovers_removes_the_one_offs_a_killed_run_left(odoo_container, docker_engine):
+    """A run killed mid-update leaves its one-off container running; the next run finds it by its label (the
+    journal's pid is of no use on a remote engine) and removes it before putting anything back."""
+    env = load_inventory(odoo_container.inventory).environment(ENV)
+    outcome: dict = {}
+
+    def killed_run() -> None:
+        with platform_for(env) as p:
+            try:
+                outcome["result"] = p.run(["sleep", "120"], check=False)
+            except Exception as exc:  # noqa: BLE001 - its container removed under it
+                outcome["error"] = exc
+
+    worker = threading.Thread(target=killed_run, daemon=True)
+    worker.start()
+    label = {"label": f"odoops.one-off={odoo_container.name}"}
+    deadline = time.monotonic() + 60
+    while not docker_engine.client.containers.list(filters=label):
+        assert time.monotonic() < deadline, "the one-off never started"
+        time.sleep(0.1)
+    with platform_for(env) as next_run:
+        next_run.stop_leftovers({"pid": 1, "host": "elsewhere"})
+    worker.join(timeout=60)
+    assert not worker.is_alive() and outcome
+    assert docker_engine.client.containers.list(all=True, filters=label) == []
+    odoo_container.container.reload()
+    assert odoo_container.container.status == "running"

@@ -241,3 +241,43 @@ def test_rollback_after_a_success_needs_restore_data_and_keeps_the_replaced_stat
         assert conn.execute("SELECT acme_tier FROM res_partner WHERE id = 3").fetchone() == ("a",)
     [replaced] = [s for s in snapshot.snapshots(ConnInfo.from_dsn(pg_cluster.dsn()), "staging") if s.database == kept]
     assert replaced.code == {"previous": {"path": str(site.releases / "v2")}}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_production_waits_for_an_approval_that_shows_the_last_rehearsal(site, pg_cluster, monkeypatch):
+    import threading
+
+    import yaml
+    from prefect.flow_runs import resume_flow_run
+    from prefect.input.actions import read_flow_run_input
+    from prefect.input.run_input import keyset_from_paused_state
+
+    from flows.upgrade import upgrade_flow
+    from flows.upgrade_rehearsal import rehearse_upgrade_flow
+    from odoops.audit import read_audit
+    from odoops.inventory import load_inventory
+    from odoops.runtime import repository_for
+    from tests.helpers import paused_run
+
+    data = yaml.safe_load(site.inventory.read_text())
+    data["environments"] = {"production": {**data["environments"]["staging"], "stage": "production"}}
+    site.inventory.write_text(yaml.safe_dump(data))
+    write_addon(site.releases / "v2", "17.0.1.1.0", tier=True)
+    rehearse_upgrade_flow("production", modules=["acme_custom"], code=str(site.releases / "v2"),
+                          inventory=str(site.inventory))
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=upgrade_flow(
+        "production", modules=["acme_custom"], code=str(site.releases / "v2"), inventory=str(site.inventory))),
+        daemon=True)
+    worker.start()
+    paused = paused_run("upgrade/production")
+    description = read_flow_run_input(keyset_from_paused_state(paused.state)["description"], paused.id)
+    assert "Last rehearsal: rehearsal of" in description and "**would succeed**" in description, description
+    assert "Pre-upgrade backup: `production-" in description and "acme_custom" in description
+    assert not column_exists(pg_cluster, site.dbname, "acme_tier"), "nothing changed while it waits"
+    resume_flow_run(paused.id, run_input={"approve": True})
+    worker.join(timeout=600)
+    assert outcome["result"]["outcome"] == "success" and column_exists(pg_cluster, site.dbname, "acme_tier")
+    runbooks = [r["runbook"] for r in read_audit(repository_for(load_inventory(site.inventory), "local").store,
+                                                  "production")]
+    assert runbooks[-1] == "upgrade" and "upgrade-rehearsal" in runbooks
