@@ -105,17 +105,24 @@ def _show_wait(environment: str, holder: str | None, waited: float, allowed: flo
 _waits: dict[str, float] = {}
 
 
+# Commands that only read (listings, the audit trail, log files) never import Prefect: an operator's
+# `odoops backups list` answers in well under a second. The flow-running commands in these groups
+# (backups verify/drill/prune) quiet Prefect themselves.
+_READ_ONLY = {"history", "releases", "logs", "envs", "backups"}
+
+
 @app.callback()
-def _main_options(wait: Annotated[float, typer.Option(
+def _main_options(ctx: typer.Context, wait: Annotated[float, typer.Option(
         "--wait", envvar="ODOOPS_SLOT_WAIT_SECONDS", metavar="SECONDS",
         help="How long a run waits while another run holds its environment, then fails naming the holder.")] = 300,
 ) -> None:
-    """Odoo operations runbook: backups, restores, logs, health and cost reports."""
+    """Odoo operations runbook: backup, restore, deploy, upgrade, logs, health and cost reports."""
     from odoops.slots import set_wait_reporter
 
     os.environ["ODOOPS_SLOT_WAIT_SECONDS"] = str(wait)
     set_wait_reporter(_show_wait)
-    _quiet_prefect()
+    if ctx.invoked_subcommand not in _READ_ONLY:
+        _quiet_prefect()
 
 
 def _human(n: int) -> str:

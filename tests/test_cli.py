@@ -87,3 +87,19 @@ def test_bad_input_is_one_line_and_exit_2(inv, args, message):
 def test_missing_inventory(tmp_path):
     result = run("envs", "list", "--inventory", str(tmp_path / "nothing.yaml"))
     assert result.exit_code == 2 and "not found: create it" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["backups", "list", "--json"], ["history", "--json"], ["releases", "production",
+                                                                                            "--json"]])
+def test_read_only_commands_never_import_prefect(inv, command):
+    """A listing is one process that answers at once: no Prefect import (a second or more before anything)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    listed = subprocess.run([sys.executable, "-X", "importtime", "-m", "odoops", *command, "--inventory", inv],
+                            cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    json.loads(listed.stdout)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in listed.stderr.splitlines() if line.startswith("import time")}
+    assert "odoops.cli" in imported and not {m for m in imported if m.split(".")[0] == "prefect"}
