@@ -32,7 +32,7 @@ from prefect.transactions import transaction
 
 from odoops import holders
 from odoops.errors import ConfigError, OdoopsError, RefusedError
-from odoops.inventory import Environment
+from odoops.inventory import Environment, UpgradeCommand
 from odoops.platforms.base import Platform
 from tasks import odoo, snapshot
 from tasks.health import login_check, thresholds_for
@@ -112,6 +112,7 @@ class Change:
     release: dict[str, str] | None = None  # the code to switch to (Platform.switch_release), None: keep it
     timeout: float = 1800
     logfile: Path | None = None
+    command: UpgradeCommand | None = None  # how the modules are upgraded (None: odoo-bin -u)
     phases: dict[str, float] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     snapshot: str | None = None
@@ -171,11 +172,11 @@ def switch_release(platform: Platform, release: dict[str, str]) -> dict[str, str
 
 @task(name="update-modules", cache_policy=NO_CACHE)
 def run_update(platform: Platform, target: ConnInfo, snap: snapshot.Snapshot, modules: list[str] | None,
-               timeout: float, logfile: Path) -> odoo.UpdateRun:
+               timeout: float, logfile: Path, command: UpgradeCommand | None = None) -> odoo.UpdateRun:
     def journal(pid: int) -> None:  # the update's pid, so a run that finds this one killed can stop it
         snapshot.annotate(target, snap, process=holders.me(pid=pid, pid_start=holders.process_start(pid)))
 
-    run = odoo.update_modules(platform, target.dbname, modules, timeout, logfile, on_start=journal)
+    run = odoo.update_modules(platform, target.dbname, modules, timeout, logfile, on_start=journal, command=command)
     if run.failure:
         raise ChangeFailed(run.failure)
     return run
@@ -219,7 +220,7 @@ def apply(env: Environment, platform: Platform, target: ConnInfo, change: Change
                 if snap is not None:
                     snapshot.annotate(target, snap, code={"previous": change.previous_release})
             if snap is not None:
-                run = run_update(platform, target, snap, change.modules, change.timeout, change.logfile)
+                run = run_update(platform, target, snap, change.modules, change.timeout, change.logfile, change.command)
                 change.errors, change.phases["update"] = run.errors, run.seconds
             clock = time.monotonic()
             change.checks = start_and_verify(platform, env, target)

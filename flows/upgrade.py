@@ -30,6 +30,7 @@ from flows import changes
 from flows.changes import ChangeFailed, requirements, verify_serving
 from odoops import release_history
 from odoops.errors import ConfigError, RefusedError
+from odoops.inventory import UpgradeCommand
 from odoops.platforms import platform_for
 from odoops.runtime import record_run, resolve, run_name
 from odoops.slots import environment_slot
@@ -42,6 +43,17 @@ __all__ = ["UpgradeFailed", "upgrade_flow", "verify_serving"]
 
 class UpgradeFailed(ChangeFailed):
     """The update failed and the environment was put back as it was (or could not be: the message says)."""
+
+
+def upgrade_command(env, name: str | None) -> UpgradeCommand | None:
+    """The inventory's upgrade command NAME (``update``, the default, needs none)."""
+    if name in (None, "update"):
+        return env.upgrade_commands.get("update")
+    if name not in env.upgrade_commands:
+        known = ", ".join(["update", *sorted(env.upgrade_commands)])
+        raise ConfigError(f"environment {env.name} has no upgrade command {name!r} (known: {known}): define it under "
+                          "upgrade_commands: in the inventory")
+    return env.upgrade_commands[name]
 
 
 REHEARSAL_DAYS = 7  # a rehearsal older than this says little about today's database
@@ -87,13 +99,15 @@ def _markdown(env, result: dict[str, Any]) -> str:
 
 @flow(name="upgrade", flow_run_name=run_name("upgrade/{environment}/{modules}"))
 def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules: bool = False,
-                 code: str | None = None, timeout_seconds: float = 1800, confirm: str | None = None,
+                 code: str | None = None, command: str | None = None, timeout_seconds: float = 1800,
+                 confirm: str | None = None,
                  resume_rollback: bool = False, approval_timeout_seconds: float = 3600,
                  inventory: str | None = None) -> dict[str, Any]:
     """Update MODULES (or all) of ENVIRONMENT, with its current code or the release folder CODE (pointed at by
     the environment's addons_link); any failure puts back the exact previous state, code included.
     Production: CONFIRM is its name, else the run waits for an approval showing the last rehearsal."""
     parameters = {"environment": environment, "modules": modules, "all_modules": all_modules, "code": code,
+                  "command": command,
                   "timeout_seconds": timeout_seconds, "confirm": confirm, "resume_rollback": resume_rollback}
     inv, env = resolve(environment, inventory)
     requirements(env)
@@ -102,6 +116,9 @@ def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules
                           "addons_path names, which odoops points at the new release folder): add it")
     if not resume_rollback and bool(modules) == all_modules:
         raise ConfigError("name the modules to update (--modules a,b) or update them all (--all), not both")
+    method = upgrade_command(env, command)
+    if method is not None and method.kind == "openupgrade" and not all_modules:
+        raise ConfigError(f"upgrade command {method.name} (OpenUpgrade) updates every module: pass --all")
     logger = get_run_logger()
     if env.is_production and confirm is not None and confirm != env.name:
         confirm_production(env, confirm)  # refuses a confirmation that names another environment
@@ -139,7 +156,8 @@ def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules
             logfile = Path(tempfile.mkdtemp(prefix=f"odoops-upgrade-{env.name}-")) / "update.log"
             change = changes.apply(env, platform, target, changes.Change(
                 runbook="upgrade", reason=f"upgrade -u {','.join(modules) if modules else 'all'}", modules=modules,
-                release={"path": code} if code is not None else None, timeout=timeout_seconds, logfile=logfile))
+                release={"path": code} if code is not None else None, logfile=logfile, command=method,
+                timeout=(method.timeout if method and method.timeout else timeout_seconds)))
             with connect(target) as conn:
                 after = odoo.module_states(conn)
             names = modules or [n for n, (s, _) in before.items() if s == "installed"]

@@ -26,6 +26,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.upgrade import upgrade_command
 from flows.verify import locate_backup
 from odoops.errors import ConfigError, RefusedError
 from odoops.platforms import platform_for
@@ -46,12 +47,13 @@ def _verdict(run: odoo.UpdateRun, after: dict[str, tuple[str, str | None]]) -> s
 
 @flow(name="upgrade-rehearsal", flow_run_name=run_name("upgrade-rehearsal/{environment}/{modules}"))
 def rehearse_upgrade_flow(environment: str, modules: list[str] | None = None, all_modules: bool = False,
-                          code: str | None = None, timeout_seconds: float = 1800, keep: bool = False,
-                          inventory: str | None = None) -> dict[str, Any]:
+                          code: str | None = None, command: str | None = None, timeout_seconds: float = 1800,
+                          keep: bool = False, inventory: str | None = None) -> dict[str, Any]:
     """Rehearse updating MODULES (or all) of ENVIRONMENT, with CODE if given, on a neutralized copy."""
     parameters = {"environment": environment, "modules": modules, "all_modules": all_modules, "code": code,
-                  "timeout_seconds": timeout_seconds, "keep": keep}
+                  "command": command, "timeout_seconds": timeout_seconds, "keep": keep}
     inv, env = resolve(environment, inventory)
+    method = upgrade_command(env, command)
     if not env.odoo_bin or env.ssh is not None:
         raise ConfigError(f"environment {env.name}: a rehearsal runs the environment's odoo_bin on this host: "
                           "name odoo_bin in the inventory (and run odoops on the Odoo host)")
@@ -95,7 +97,8 @@ def rehearse_upgrade_flow(environment: str, modules: list[str] | None = None, al
                     before, counts_before = odoo.module_states(conn), table_row_counts(conn)
                 phases["copy"] = time.monotonic() - clock
                 logger.info("rehearsing on %s (a neutralized copy of backup %s)", scratch, result["backup_id"])
-                run = odoo.update_modules(platform, scratch, modules, timeout_seconds, logfile, extra_args=extra)
+                run = odoo.update_modules(platform, scratch, modules, method.timeout if method and method.timeout
+                                          else timeout_seconds, logfile, extra_args=extra, command=method)
                 phases["update"] = run.seconds
                 with connect(target.with_dbname(scratch)) as conn:
                     after, counts_after = odoo.module_states(conn), table_row_counts(conn)

@@ -15,6 +15,9 @@ def register(app: typer.Typer) -> None:
                 all_modules: Annotated[bool, typer.Option("--all", help="Update every module (-u all).")] = False,
                 code: Annotated[str | None, typer.Option("--code", metavar="DIR", help="The new release folder: "
                                 "the environment's addons_link is pointed at it, and back on rollback.")] = None,
+                command: Annotated[str | None, typer.Option("--command", metavar="NAME", help="How to upgrade: "
+                                   "update (odoo-bin -u, the default), or a command of the environment's "
+                                   "upgrade_commands (openupgrade, a script), each with its time limit.")] = None,
                 timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", help="Time limit of the "
                                    "update; past it the update is stopped and rolled back.")] = 1800,
                 confirm: Annotated[str | None, typer.Option("--confirm", help="Name of a production target.")] = None,
@@ -35,6 +38,7 @@ def register(app: typer.Typer) -> None:
                 from flows.upgrade_rehearsal import rehearse_upgrade_flow
 
                 result = rehearse_upgrade_flow(environment, modules=names, all_modules=all_modules, code=code,
+                                               command=command,
                                                timeout_seconds=timeout, keep=keep, inventory=inventory)
             if as_json:
                 print(json.dumps(result, indent=1, default=str))
@@ -54,7 +58,8 @@ def register(app: typer.Typer) -> None:
         with operator_errors():
             from flows.upgrade import upgrade_flow
 
-            result = upgrade_flow(environment, modules=names, all_modules=all_modules, code=code, timeout_seconds=timeout,
+            result = upgrade_flow(environment, modules=names, all_modules=all_modules, code=code, command=command,
+                                  timeout_seconds=timeout,
                                   confirm=confirm, resume_rollback=resume_rollback, inventory=inventory)
         if as_json:
             print(json.dumps(result, indent=1, default=str))

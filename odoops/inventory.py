@@ -103,6 +103,25 @@ class BackupPolicy:
 
 
 @dataclass(frozen=True)
+class UpgradeCommand:
+    """A way to upgrade a database (``odoops upgrade --command NAME``), each with its own time limit.
+
+    ``update``: odoo-bin -u (the default); ``openupgrade``: OpenUpgrade's scripts (``upgrade_path``) with its
+    framework loaded and ``-u all``; ``script``: any argv (Odoo's upgrade script, a company's own), with
+    ``{database}``, ``{modules}`` and ``{logfile}`` filled in.
+    """
+
+    name: str
+    kind: str
+    argv: tuple[str, ...] = ()
+    upgrade_path: str | None = None
+    timeout: float | None = None
+
+
+UPGRADE_KINDS = ("update", "openupgrade", "script")
+
+
+@dataclass(frozen=True)
 class GitSource:
     """The addons repository of an environment: any URL git reads (a path, file://, ssh://, https://)."""
 
@@ -134,6 +153,7 @@ class Environment:
     git: GitSource | None = None
     # Host: the folder of release folders (<releases_dir>/<commit>); default: ``releases`` beside addons_link.
     releases_dir: str | None = None
+    upgrade_commands: dict[str, UpgradeCommand] = field(default_factory=dict)
     # platform: docker only: the engine and container (filestore is then the path inside the container)
     docker: DockerTarget | None = None
 
@@ -331,7 +351,7 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
     data = _mapping(data, where)
     _unknown(data, {"stage", "platform", "database", "filestore", "url", "backup", "odoo_config", "ssh", "logs",
                     "odoo_bin", "stop_command", "start_command", "health", "extra", "addons_link", "docker", "git",
-                    "releases_dir"}, where)
+                    "releases_dir", "upgrade_commands"}, where)
     stage = _choice(data, "stage", where, STAGES)
     platform = _choice(data, "platform", where, PLATFORMS)
     if platform == "odoosh":
@@ -422,7 +442,26 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
         if ssh is None else _str(data, "addons_link", where, required=False),
         docker=docker, git=_git_source(data.get("git"), f"{where}.git", base),
         releases_dir=str(_resolve(base, _str(data, "releases_dir", where, required=False)) or "") or None,
+        upgrade_commands=_upgrade_commands(data.get("upgrade_commands"), f"{where}.upgrade_commands"),
     )
+
+
+def _upgrade_commands(value: Any, where: str) -> dict[str, UpgradeCommand]:
+    commands = {}
+    for name, spec in _mapping(value or {}, where).items():
+        here = f"{where}.{name}"
+        spec = _mapping(spec, here)
+        _unknown(spec, {"kind", "argv", "upgrade_path", "timeout"}, here)
+        kind = _choice(spec, "kind", here, UPGRADE_KINDS)
+        timeout = spec.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+            raise _fail(f"{here}.timeout", f"expected seconds > 0, got {timeout!r}", "write e.g. timeout: 7200")
+        argv = _argv(spec.get("argv"), f"{here}.argv")
+        if kind == "script" and not argv:
+            raise _fail(f"{here}.argv", "missing", 'write the command as a list, e.g. argv: [/srv/bin/upgrade, "{database}"]')
+        upgrade_path = _str(spec, "upgrade_path", here, required=kind == "openupgrade")
+        commands[str(name)] = UpgradeCommand(str(name), kind, argv, upgrade_path, float(timeout) if timeout else None)
+    return commands
 
 
 def _git_source(value: Any, where: str, base: Path) -> GitSource | None:

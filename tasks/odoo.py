@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psycopg
 
+from odoops.inventory import UpgradeCommand
 from odoops.platforms.base import Platform
 from tasks.postgres import installed_modules
 
@@ -343,7 +344,7 @@ def check_update_request(conn: psycopg.Connection, modules: list[str] | None) ->
 
 @dataclass
 class UpdateRun:
-    """One ``odoo-bin -u … --stop-after-init`` and what its log says."""
+    """One upgrade command (``odoo-bin -u … --stop-after-init`` by default) and what its log says."""
 
     argv: list[str]
     seconds: float
@@ -351,6 +352,7 @@ class UpdateRun:
     timed_out: bool
     errors: list[dict]  # error signatures from the project's log analyzer (count, level, signature)
     log: str  # the path of the update's own log file
+    tool: str = "odoo-bin"
 
     @property
     def failure(self) -> str | None:
@@ -359,26 +361,48 @@ class UpdateRun:
         if self.timed_out:
             return f"the update did not finish within its time limit and was stopped{first}"
         if self.returncode:
-            return f"odoo-bin exited {self.returncode}{first}"
+            return f"{self.tool} exited {self.returncode}{first}"
         if self.errors:
             return f"the update logged {sum(e['count'] for e in self.errors)} error(s){first}"
         return None
 
 
+def upgrade_argv(command: UpgradeCommand | None, dbname: str, modules: list[str] | None,
+                 logfile: Path) -> list[str]:
+    """The arguments of odoo-bin (``update``, ``openupgrade``) or the whole argv (``script``) of an upgrade."""
+    names = ",".join(modules) if modules else "all"
+    if command is None or command.kind == "update":
+        return ["-d", dbname, "-u", names, "--stop-after-init", "--no-http"]
+    if command.kind == "openupgrade":  # OpenUpgrade's documented invocation: its scripts, its framework, -u all
+        return ["-d", dbname, "-u", "all", "--stop-after-init", "--no-http",
+                f"--upgrade-path={command.upgrade_path}", "--load=base,web,openupgrade_framework"]
+    return [word.replace("{database}", dbname).replace("{modules}", names).replace("{logfile}", str(logfile))
+            for word in command.argv]
+
+
 def update_modules(platform: Platform, dbname: str, modules: list[str] | None, timeout: float, logfile: Path,
-                   on_start: Callable[[int], None] | None = None, extra_args: list[str] | None = None) -> UpdateRun:
-    """Run the update in a one-off Odoo process with the environment's config; never raises for its outcome."""
+                   on_start: Callable[[int], None] | None = None, extra_args: list[str] | None = None,
+                   command: UpgradeCommand | None = None) -> UpdateRun:
+    """Run the upgrade command (``odoo-bin -u`` by default) in a one-off process with the environment's config;
+    never raises for its outcome. A script's output is its log."""
     import time
 
     from odoops.errors import TimedOut
     from tasks.logs import analyze_stream
 
-    argv = ["-d", dbname, "-u", ",".join(modules) if modules else "all", "--stop-after-init", "--no-http",
-            *(extra_args or [])]
+    script = command is not None and command.kind == "script"
+    argv = upgrade_argv(command, dbname, modules, logfile)
+    argv = argv if script else [*argv, *(extra_args or [])]
     started = time.monotonic()
     timed_out, returncode = False, None
     try:
-        returncode = platform.run_odoo_logged(argv, logfile, timeout=timeout, on_start=on_start).returncode
+        if script:
+            done = platform.run(argv, check=False, timeout=timeout, on_start=on_start)
+            with open(logfile, "ab") as out:
+                out.write(done.stdout + done.stderr)
+            returncode = done.returncode
+        else:
+            returncode = platform.run_odoo_logged(argv, logfile, timeout=timeout, on_start=on_start).returncode
     except TimedOut:
         timed_out = True
     errors: list[dict] = []
@@ -386,4 +410,5 @@ def update_modules(platform: Platform, dbname: str, modules: list[str] | None, t
         with open(logfile, "rb") as log_stream:
             summary = analyze_stream(log_stream, name="update.log")
         errors = [{k: e[k] for k in ("signature", "count", "level")} for e in summary["errors"]["signatures"]]
-    return UpdateRun(argv, round(time.monotonic() - started, 2), returncode, timed_out, errors, str(logfile))
+    return UpdateRun(argv, round(time.monotonic() - started, 2), returncode, timed_out, errors, str(logfile),
+                     Path(argv[0]).name if script else "odoo-bin")

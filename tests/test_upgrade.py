@@ -281,3 +281,67 @@ def test_production_waits_for_an_approval_that_shows_the_last_rehearsal(site, pg
     runbooks = [r["runbook"] for r in read_audit(repository_for(load_inventory(site.inventory), "local").store,
                                                   "production")]
     assert runbooks[-1] == "upgrade" and "upgrade-rehearsal" in runbooks
+
+
+def test_upgrade_commands_compose_the_documented_invocations(tmp_path):
+    from odoops.inventory import UpgradeCommand
+    from tasks.odoo import upgrade_argv
+
+    log = tmp_path / "u.log"
+    assert upgrade_argv(None, "acme", ["a", "b"], log) == ["-d", "acme", "-u", "a,b", "--stop-after-init", "--no-http"]
+    openupgrade = UpgradeCommand("openupgrade", "openupgrade", upgrade_path="/srv/ou/scripts")
+    assert upgrade_argv(openupgrade, "acme", None, log) == [
+        "-d", "acme", "-u", "all", "--stop-after-init", "--no-http", "--upgrade-path=/srv/ou/scripts",
+        "--load=base,web,openupgrade_framework"]
+    script = UpgradeCommand("mine", "script", argv=("/srv/upgrade", "--db={database}", "{modules}", "{logfile}"))
+    assert upgrade_argv(script, "acme", None, log) == ["/srv/upgrade", "--db=acme", "all", str(log)]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"mine": {"kind": "magic"}}, "upgrade_commands.mine.kind"),
+    ({"mine": {"kind": "script"}}, "upgrade_commands.mine.argv: missing"),
+    ({"ou": {"kind": "openupgrade"}}, "upgrade_commands.ou"),
+    ({"mine": {"kind": "script", "argv": ["x"], "timeout": -1}}, "timeout: expected seconds > 0"),
+])
+def test_bad_upgrade_commands_are_refused_on_load(tmp_path, spec, message):
+    from odoops.inventory import load_inventory
+
+    inventory = write_inventory(tmp_path / "inv.yaml", {"staging": {
+        "stage": "staging", "platform": "host", "database": {"dsn": "postgresql://odoo@127.0.0.1:5432/acme"},
+        "filestore": str(tmp_path / "fs"), "upgrade_commands": spec}})
+    with pytest.raises(ConfigError, match=message):
+        load_inventory(inventory)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_script_upgrade_command_runs_and_its_failure_is_rolled_back(site, pg_cluster, tmp_path):
+    """--command NAME runs the inventory's own upgrade script (here: a company's script that migrates data
+    with psql and fails, then one that wraps odoo-bin -u); the failing one is rolled back like any update."""
+    import yaml
+
+    from flows.upgrade import UpgradeFailed, upgrade_flow
+
+    broken, wrapper = tmp_path / "upgrade-acme-broken.sh", tmp_path / "upgrade-acme.sh"
+    broken.write_text('#!/bin/sh\npsql -v ON_ERROR_STOP=1 -q -d "$1" -c "ALTER TABLE res_partner ADD COLUMN '
+                      'x_half_migrated integer" && echo "data migration step 2 failed" >&2\nexit 3\n')
+    wrapper.write_text(f'#!/bin/sh\nexec "{site.odoo_bin}" -c "{site.config}" -d "$1" -u "$2" --stop-after-init '
+                       '--no-http --logfile "$3"\n')
+    for script in (broken, wrapper):
+        script.chmod(0o755)
+    data = yaml.safe_load(site.inventory.read_text())
+    data["environments"]["staging"]["upgrade_commands"] = {
+        "broken": {"kind": "script", "argv": [str(broken), "{database}"], "timeout": 120},
+        "company": {"kind": "script", "argv": [str(wrapper), "{database}", "{modules}", "{logfile}"], "timeout": 600}}
+    site.inventory.write_text(yaml.safe_dump(data))
+    before = site.state()
+    with pytest.raises(UpgradeFailed, match="upgrade-acme-broken.sh exited 3: rolled back to the exact previous"):
+        upgrade_flow("staging", modules=["acme_custom"], command="broken", inventory=str(site.inventory))
+    assert site.state() == before and not column_exists(pg_cluster, site.dbname, "x_half_migrated")
+    with pytest.raises(ConfigError, match=r"no upgrade command 'nope' \(known: update, broken, company\)"):
+        upgrade_flow("staging", modules=["acme_custom"], command="nope", inventory=str(site.inventory))
+
+    write_addon(site.releases / "v2", "17.0.1.1.0", tier=True)
+    result = upgrade_flow("staging", modules=["acme_custom"], code=str(site.releases / "v2"), command="company",
+                          inventory=str(site.inventory))
+    assert result["outcome"] == "success" and column_exists(pg_cluster, site.dbname, "acme_tier")
+    assert module_version(pg_cluster, site.dbname) == "17.0.1.1.0" and healthy(site.url)
