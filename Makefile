@@ -28,6 +28,7 @@ bench: setup  ## benchmarks on the large generated Odoo database (minutes; figur
 	$(UV) python bench/bench_snapshot.py --reuse
 	$(UV) python bench/bench_upgrade.py
 	$(UV) python bench/bench_upgrade.py --mode restart
+	$(UV) python bench/bench_docker_deploy.py
 
 clean:
 	rm -rf .demo reports

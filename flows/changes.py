@@ -38,8 +38,6 @@ from tasks import odoo, snapshot
 from tasks.health import login_check, thresholds_for
 from tasks.postgres import ConnInfo, connect
 
-HEALTHY_WITHIN_SECONDS = 120
-
 
 class ChangeFailed(OdoopsError):
     """The change failed and the environment was put back as it was (or could not be: the message says)."""
@@ -86,14 +84,15 @@ def verify_serving(env: Environment, target: ConnInfo) -> dict[str, Any]:
     if transient:
         checks["problems"].append(f"modules left half-way: {transient}")
     if env.url:
-        deadline = time.monotonic() + HEALTHY_WITHIN_SECONDS
+        within = thresholds_for(env).within_seconds
+        deadline = time.monotonic() + within
         ok, detail = odoo.probe_url(env.url)
         while not ok and time.monotonic() < deadline:
             time.sleep(0.2)
             ok, detail = odoo.probe_url(env.url)
         checks["web/health"] = detail
         if not ok:
-            checks["problems"].append(f"Odoo does not answer /web/health within {HEALTHY_WITHIN_SECONDS} s ({detail})")
+            checks["problems"].append(f"Odoo does not answer /web/health within {within:.0f} s ({detail})")
         else:
             login = login_check(env, thresholds_for(env), env.url)
             checks["login"] = f"{login.status}: {login.detail}"

@@ -33,6 +33,11 @@ from tasks.postgres import ConnInfo, connect, table_row_counts
 from tasks.restore_steps import confirm_production
 
 
+def same_code(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """A host release is its folder, a container release its image."""
+    return (a.get("path"), a.get("image")) == (b.get("path"), b.get("image"))
+
+
 def writes_since(target: ConnInfo, snap: snapshot.Snapshot) -> dict[str, Any]:
     """What going back would lose from the live state: time since the snapshot, tables with other row counts."""
     with connect(target) as conn:
@@ -61,7 +66,8 @@ def rollback_flow(environment: str, restore_data: bool = False, confirm: str | N
             records = release_history.read_releases(inv, env)
             running = release_history.current(records)
             kept = [s for s in snapshot.snapshots(target, env.name) if s.state == "kept"]
-            if running is not None and not running["modules_updated"] and running["previous"].get("path") and \
+            if running is not None and not running["modules_updated"] and \
+                    (running["previous"].get("path") or running["previous"].get("image")) and \
                     (not kept or kept[0].at < running["time"]):
                 result = _code_only(inv, env, platform, target, running)
                 record_run(inv, "rollback", env, parameters, result["outcome"], details=result)
@@ -90,7 +96,7 @@ def rollback_flow(environment: str, restore_data: bool = False, confirm: str | N
                     left = platform.switch_release(back_to)
                     if replaced is not None:
                         snapshot.annotate(target, replaced, code={"previous": left})
-                    if running is not None and running["release"].get("path") == left.get("path"):
+                    if running is not None and same_code(running["release"], left):
                         release_history.record_release(inv, env, action="rollback", release=running["previous"],
                                                        previous=running["release"], outcome="success",
                                                        snapshot=replaced.database if replaced else None)
@@ -122,10 +128,12 @@ def _code_only(inv, env, platform, target: ConnInfo, running: dict[str, Any]) ->
     outcome = "success" if not checks["problems"] else f"rolled back, but: {checks['problems'][0]}"
     release_history.record_release(inv, env, action="rollback", release=running["previous"],
                                    previous=running["release"], outcome=outcome)
-    back_to = running["previous"].get("commit") or running["previous"]["path"]
+    back_to = running["previous"].get("commit") or running["previous"].get("path") or running["previous"]["image"]
     create_markdown_artifact(f"# Rollback of {env.name}: {outcome}\n\nBack to release `{back_to}` (code only: the "
-                             f"release left, `{running['release']['commit']}`, updated no module; no data changed).\n",
+                             f"release left, `{running['release'].get('commit') or running['release'].get('image')}`, updated no module; "
+                             "no data changed).\n",
                              key=f"rollback-{env.name.lower().replace('_', '-')}")
+    left = running["release"].get("commit") or running["release"].get("image") or "?"
     return {"environment": env.name, "outcome": outcome, "back_to": back_to, "reason": f"{running['action']} of "
-            f"{running['release']['commit'][:12]}", "code_only": True, "lost_from_live": None,
+            f"{left[:19]}", "code_only": True, "lost_from_live": None,
             "replaced_kept_as": None, "checks": checks}

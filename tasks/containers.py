@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from odoops.errors import ConfigError, ConnectionFailed, OdoopsError, TimedOut, ToolFailed, tool_error_line
@@ -603,6 +604,25 @@ def copy_out(container: Any, path: str, target: Any, engine: str = "the Docker e
     except PathNotFound:
         return False
     return False
+
+
+def copy_in(container: Any, local: Path, target: str, uid: int, gid: int,
+            engine: str = "the Docker engine") -> None:
+    """Put the local folder ``local`` at ``target`` in the container (running or stopped: its volumes too),
+    owned by ``uid:gid``; streamed as one tar from a spooled temporary file, never a whole filestore in memory."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as spool:
+        with tarfile.open(fileobj=spool, mode="w") as tar:
+            def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+                info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+                return info
+
+            tar.add(str(local), arcname=posixpath.basename(target.rstrip("/")), filter=owned)
+        spool.seek(0)
+        with engine_errors(engine, f"write {target} in container {container.name}"):
+            if not container.put_archive(posixpath.dirname(target.rstrip("/")) or "/", spool):
+                raise ToolFailed(f"the engine refused to write {target} in container {container.name}")
 
 
 # ---------------------------------------------------------------- images and releases

@@ -88,6 +88,7 @@ class Thresholds:
     http_timeout: float = 10.0
     database_size_warn_gb: float | None = None
     filestore_size_warn_gb: float | None = None
+    within_seconds: float = 120  # after a change (deploy, upgrade, rollback) Odoo must answer /web/health within this
     container_cpu_warn: float = 0.9
     container_memory_warn: float = 0.9
     expected_version: str | None = None

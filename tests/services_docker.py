@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,13 @@ def _remove_labelled(client, selector: str) -> None:
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[DockerEngine]:
     """Podman's Docker-compatible service on a unix socket of its own, for the whole session."""
+    with podman_service() as engine:
+        yield engine
+
+
+@contextmanager
+def podman_service() -> Iterator[DockerEngine]:
+    """Start the service, yield the engine, remove what carries its session label and stop it (tests, bench)."""
     import docker
 
     if not shutil.which("podman"):
@@ -173,6 +181,10 @@ def docker_engine() -> Iterator[DockerEngine]:
 @pytest.fixture(scope="session")
 def odoo_image(docker_engine: DockerEngine) -> OdooImage:
     """The Odoo 17.0 image from scripts/odoo-image.sh (built at setup time; seconds when cached)."""
+    return built_odoo_image(docker_engine)
+
+
+def built_odoo_image(docker_engine: DockerEngine) -> OdooImage:
     values = _script_values(timeout=1800)
     image = OdooImage(tag=values["ODOO_IMAGE"], storage_conf=Path(values["CONTAINERS_STORAGE_CONF"]))
     docker_engine.client.images.get(image.tag)  # the engine sees it: same storage

@@ -239,17 +239,21 @@ def test_a_release_that_does_not_build_is_one_line_and_touches_nothing(site):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_an_image_that_never_serves_is_rolled_back_at_the_health_time_limit(site, monkeypatch):
-    from flows import changes
+def test_an_image_that_never_serves_is_rolled_back_at_the_health_time_limit(site, tmp_path):
+    import yaml
+
     from flows.deploy import DeployFailed, deploy_flow
 
-    monkeypatch.setattr(changes, "HEALTHY_WITHIN_SECONDS", 20)  # the default (120 s) is for real servers
+    data = yaml.safe_load(site.inventory.read_text())  # the default (120 s) is for real servers
+    data["environments"][ENV]["health"]["within_seconds"] = 20
+    inventory = tmp_path / "within-20s.yaml"
+    inventory.write_text(yaml.safe_dump(data))
     tag = f"odoops-test-standin-{site.odoo.name}:crashloop"
     site.engine.client.images.build(path=str(STANDIN), dockerfile="crashloop.Dockerfile", tag=tag, rm=True,
                                     buildargs={"ODOO_IMAGE": site.first_image.id})
     container_before = site.container
     with pytest.raises(DeployFailed) as info:
-        deploy_flow(ENV, image=tag, update="none", inventory=str(site.inventory))
+        deploy_flow(ENV, image=tag, update="none", inventory=str(inventory))
     message = str(info.value)
     assert "Odoo does not answer /web/health within 20 s" in message, message
     assert "rolled back to the exact previous state, and serves again" in message, message

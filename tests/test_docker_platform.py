@@ -39,7 +39,8 @@ ENV = "acme-docker"
 @pytest.fixture(scope="module")
 def odoo_container(docker_engine, odoo_image, pg_cluster, odoo_db_role, sample_template, tmp_path_factory):
     folder = tmp_path_factory.mktemp("docker-env")
-    site = create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template, folder)
+    # the config in a volume, as a one-off beside the server (odoo-bin neutralize in a restore) must read it too
+    site = create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template, folder, config_volume=True)
     site.container.start()
     _wait_healthy(site.container, site.url)
     site.inventory = write_inventory(folder / "environments.yaml", {
@@ -160,6 +161,45 @@ def test_backup_of_a_container_lands_in_the_catalog_and_verifies(odoo_container,
     files = repo.manifest(second["backup_id"])["odoops"]["filestore"]
     assert (files["files"], files["new_objects"], files["new_bytes"]) == (len(in_volume), 0, 0)
     print(f"backup of the container: first {first_seconds:.1f} s, second {second_seconds:.1f} s")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_restore_into_a_container_puts_the_backup_back_in_its_volume_and_undo_reverses_it(odoo_container,
+                                                                                          pg_cluster):
+    """The restore runbook, unchanged, on a container: the files are loaded here, put in the volume beside
+    the live filestore in one archive, swapped in by renames with the container stopped; undo swaps back."""
+    import psycopg
+
+    from flows.backup import backup_flow
+    from flows.restore import restore_flow, restore_undo_flow
+
+    inventory, site = str(odoo_container.inventory), odoo_container
+    folder = f"/var/lib/odoo/filestore/{site.dbname}"
+    backup_id = backup_flow(ENV, inventory=inventory)["backup_id"]
+    good = _volume_files(site.container, folder)
+    victim = sorted(good)[0]
+    assert site.container.exec_run(["rm", "-f", f"{folder}/{victim}"]).exit_code == 0  # an accident
+    with psycopg.connect(pg_cluster.dsn(site.dbname), autocommit=True) as conn:
+        conn.execute("UPDATE res_partner SET name = 'damaged' WHERE id = 3")
+
+    result = restore_flow(backup_id, ENV, inventory=inventory)
+    assert result["snapshot"], "the replaced state is kept for undo"
+    assert _volume_files(site.container, folder) == good, "every file back, byte for byte, in the volume"
+    uid = site.container.exec_run(["stat", "-c", "%U", f"{folder}/{victim}"]).output.decode().strip()
+    assert uid == "odoo", "restored files belong to Odoo's user in the container"
+    with psycopg.connect(pg_cluster.dsn(site.dbname)) as conn:
+        assert conn.execute("SELECT name FROM res_partner WHERE id = 3").fetchone()[0] != "damaged"
+    _wait_healthy(site.container, site.url)
+    hidden = site.container.exec_run(["ls", "-a", "/var/lib/odoo/filestore"]).output.decode().split()
+    assert not [n for n in hidden if "odoops-restore" in n], "no scratch folder left in the volume"
+
+    restore_undo_flow(ENV, inventory=inventory)  # the damaged state, as it was before the restore
+    assert victim not in _volume_files(site.container, folder)
+    with psycopg.connect(pg_cluster.dsn(site.dbname)) as conn:
+        assert conn.execute("SELECT name FROM res_partner WHERE id = 3").fetchone()[0] == "damaged"
+    restore_flow(backup_id, ENV, inventory=inventory)  # leave the module's container as it was
+    assert _volume_files(site.container, folder) == good
+    _wait_healthy(site.container, site.url)
 
 
 def test_filestore_reads_one_archive_not_one_call_per_file(platform, odoo_container):

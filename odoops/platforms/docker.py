@@ -325,3 +325,24 @@ class ContainerFolders(FilestoreFolders):
 
     def remove(self, path: str) -> None:
         self._run(["rm", "-rf", "--", path], f"remove {path}")
+
+    # A restore loads the files on this machine, then puts them in the volume in one archive (import_tree).
+    is_local = False
+
+    def makedirs(self, path: str) -> None:
+        self._run(["mkdir", "-p", "--", path], f"create {path}")
+
+    def write_text(self, path: str, text: str) -> None:
+        self._run(["sh", "-c", 'printf %s "$1" > "$2"', "sh", text, path], f"write {path}")
+
+    def unlink(self, path: str) -> None:
+        self._run(["rm", "-f", "--", path], f"remove {path}")
+
+    def import_tree(self, local: Path, target: str) -> None:
+        """The restored filestore into the volume, owned by the container's user (Odoo's)."""
+        if self.exists(target):
+            raise RefusedError(f"{target} already exists in {self.platform.target.describe()}: not overwriting it")
+        done = self._run(["sh", "-c", "id -u; id -g"], "read the container user's ids")
+        uid, gid = (int(word) for word in (done.stdout or b"").split()[:2])
+        self.makedirs(posixpath.dirname(target.rstrip("/")))
+        containers.copy_in(self.platform.container, local, target, uid, gid, self.platform.engine)
