@@ -2,8 +2,9 @@
 
 odoops keeps one bare mirror per repository in its cache (``$ODOOPS_CACHE`` or ``~/.cache/odoops/git``),
 fetched before every deploy, so a release is always taken from what the remote holds now, and the
-environment's own checkout is never a working copy someone can edit: a release folder is an export of one
-commit (``git archive``), written under a temporary name and renamed into place.
+environment's own checkout is never a working copy someone can edit: a commit's tree is exported with
+``git archive`` under a temporary name and renamed into place (a cache the platform makes its release
+from: a release folder, an image).
 Every call is an argv list; git's own error line is surfaced when it fails.
 """
 
@@ -121,17 +122,5 @@ def export(repo: Path, commit: str, target: Path, subdir: str = "") -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
         raise ToolFailed(f"git archive failed: {tool_error_line(stderr)}")
-    _fsync_tree(tmp)
     os.replace(tmp, target)
     return target
-
-
-def _fsync_tree(folder: Path) -> None:
-    """The release is on disk before it is named: a crash never leaves a half-written release folder."""
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)

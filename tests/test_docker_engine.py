@@ -21,25 +21,10 @@ import uuid
 from pathlib import Path
 
 from odoops.sandbox import free_port
+from tests.docker_site import tar_of
 from tests.services_odoo import ODOO_DB_USER, xmlrpc_authenticate, xmlrpc_version
 
 HEALTH_TIMEOUT = 180.0  # about 2 s on an idle machine; 2 cores shared with other test runs
-
-
-def _tar(entries: list[tuple[str, bytes | None]], uid: int, gid: int) -> bytes:
-    """An in-memory tar: (name, content) for files, (name, None) for folders, owned by uid:gid."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.uid, info.gid, info.mtime = uid, gid, int(time.time())
-            if content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(content), 0o640
-                tar.addfile(info, io.BytesIO(content))
-    return buf.getvalue()
 
 
 def _untar(stream) -> dict[str, bytes]:
@@ -106,7 +91,7 @@ def test_odoo_image_serves_a_real_database_on_the_engine(docker_engine, odoo_ima
     # The config and the filestore go in before the start, as a platform deploying to a remote engine would.
     uid, gid = _user_ids(server, "odoo")
     assert uid != 0
-    assert server.put_archive("/etc/odoo", _tar([("odoo.conf", config.encode())], uid, gid))
+    assert server.put_archive("/etc/odoo", tar_of([("odoo.conf", config.encode())], uid, gid))
     files = {p.relative_to(filestore).as_posix(): p.read_bytes() for p in sorted(filestore.rglob("*")) if p.is_file()}
     assert len(files) > 50
     # Every folder is an entry of its own, owned by odoo: Odoo adds files and checklist/ markers to them.
@@ -114,7 +99,7 @@ def test_odoo_image_serves_a_real_database_on_the_engine(docker_engine, odoo_ima
                       if parent != Path(".")})
     entries = [("filestore", None), (f"filestore/{dbname}", None), *[(f, None) for f in folders],
                *[(f"filestore/{dbname}/{name}", data) for name, data in files.items()]]
-    assert server.put_archive(odoo_image.data_dir, _tar(entries, uid, gid))
+    assert server.put_archive(odoo_image.data_dir, tar_of(entries, uid, gid))
 
     server.start()
     url = f"http://127.0.0.1:{port}"
