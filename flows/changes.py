@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from odoops.errors import ConfigError, OdoopsError, RefusedError
 from odoops.inventory import Environment, UpgradeCommand
 from odoops.platforms.base import Platform
 from tasks import odoo, snapshot
-from tasks.health import login_check, thresholds_for
+from tasks.health import login_check, odoo_version, thresholds_for
 from tasks.postgres import ConnInfo, connect
 
 
@@ -80,7 +81,8 @@ def verify_serving(env: Environment, target: ConnInfo) -> dict[str, Any]:
     """What must hold after a change (and after a rollback): a list of problems, empty when serving."""
     checks: dict[str, Any] = {"problems": []}
     with connect(target) as conn:
-        transient = {n: s for n, (s, _) in odoo.module_states(conn).items() if s in odoo.TRANSIENT_STATES}
+        states = odoo.module_states(conn)
+    transient = {n: s for n, (s, _) in states.items() if s in odoo.TRANSIENT_STATES}
     if transient:
         checks["problems"].append(f"modules left half-way: {transient}")
     if env.url:
@@ -94,6 +96,13 @@ def verify_serving(env: Environment, target: ConnInfo) -> dict[str, Any]:
         if not ok:
             checks["problems"].append(f"Odoo does not answer /web/health within {within:.0f} s ({detail})")
         else:
+            try:  # the server that answers runs the database's series (not an image or tree of another one)
+                info = odoo_version(env.url)
+                checks["version"] = str(info.get("server_version"))
+                if str(info.get("server_serie")) != odoo.series_of(states):
+                    checks["problems"].append(f"Odoo {checks['version']} serves a {odoo.series_of(states)} database")
+            except (OSError, ValueError, xmlrpc.client.Error) as exc:
+                checks["problems"].append(f"Odoo does not say its version ({exc})")
             login = login_check(env, thresholds_for(env), env.url)
             checks["login"] = f"{login.status}: {login.detail}"
             if login.status not in ("ok", "skipped"):

@@ -109,6 +109,7 @@ def test_a_good_release_updates_its_module_and_serves(site, pg_cluster, monkeypa
     result = deploy_flow("staging", ref="main", inventory=str(site.inventory))
     assert result["outcome"] == "success" and result["commit"] == second and result["modules"] == ["acme_custom"]
     assert result["checks"]["login"].startswith("ok: admin logged in")
+    assert result["checks"]["version"].startswith("17.0"), "the server that answers runs the database's series"
     assert [c["subject"] for c in result["plan"]["commits"]] == ["acme_custom: tiers", "acme_custom 1.0"]
     assert column_exists(pg_cluster, site.dbname, "acme_tier") and module_version(pg_cluster, site.dbname) == \
         "17.0.1.1.0"

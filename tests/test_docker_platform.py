@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -163,17 +164,35 @@ def test_backup_of_a_container_lands_in_the_catalog_and_verifies(odoo_container,
     print(f"backup of the container: first {first_seconds:.1f} s, second {second_seconds:.1f} s")
 
 
+@pytest.fixture
+def own_container(docker_engine, odoo_image, pg_cluster, odoo_db_role, sample_template, tmp_path):
+    """A container of its own, for a test that changes its database and volume (the module's stays as it is)."""
+    site = create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template, tmp_path, config_volume=True)
+    site.container.start()
+    _wait_healthy(site.container, site.url)
+    site.inventory = write_inventory(tmp_path / "environments.yaml", {
+        ENV: {"stage": "staging", "platform": "docker",
+              "docker": {"engine": docker_engine.docker_host, "container": site.name},
+              "database": {"dsn": pg_cluster.dsn(site.dbname)}, "url": site.url, "backup": {"storage": "local"}},
+    })
+    yield site
+    remove_odoo_container(docker_engine, site)
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                            (f"{site.dbname}%",))]
+    for name in names:
+        drop_database(pg_cluster, name)
+
+
 @pytest.mark.usefixtures("prefect_harness")
-def test_restore_into_a_container_puts_the_backup_back_in_its_volume_and_undo_reverses_it(odoo_container,
+def test_restore_into_a_container_puts_the_backup_back_in_its_volume_and_undo_reverses_it(own_container,
                                                                                           pg_cluster):
     """The restore runbook, unchanged, on a container: the files are loaded here, put in the volume beside
     the live filestore in one archive, swapped in by renames with the container stopped; undo swaps back."""
-    import psycopg
-
     from flows.backup import backup_flow
     from flows.restore import restore_flow, restore_undo_flow
 
-    inventory, site = str(odoo_container.inventory), odoo_container
+    inventory, site = str(own_container.inventory), own_container
     folder = f"/var/lib/odoo/filestore/{site.dbname}"
     backup_id = backup_flow(ENV, inventory=inventory)["backup_id"]
     good = _volume_files(site.container, folder)
@@ -197,9 +216,6 @@ def test_restore_into_a_container_puts_the_backup_back_in_its_volume_and_undo_re
     assert victim not in _volume_files(site.container, folder)
     with psycopg.connect(pg_cluster.dsn(site.dbname)) as conn:
         assert conn.execute("SELECT name FROM res_partner WHERE id = 3").fetchone()[0] == "damaged"
-    restore_flow(backup_id, ENV, inventory=inventory)  # leave the module's container as it was
-    assert _volume_files(site.container, folder) == good
-    _wait_healthy(site.container, site.url)
 
 
 def test_filestore_reads_one_archive_not_one_call_per_file(platform, odoo_container):
