@@ -79,6 +79,9 @@ class DockerTarget:
     dockerfile: str = "Dockerfile"  # relative to the repository's root
     build_args: dict[str, str] = field(default_factory=dict)
     image_repository: str | None = None  # default odoops-release/<container name>; the tag is the commit[:12]
+    # The database dsn names the host as the Odoo container sees it (a compose service "db", a private
+    # network): odoops reaches it through the engine, by a relay container on the Odoo container's network.
+    database_through_engine: bool = False
 
     @property
     def engine_url(self) -> str:
@@ -294,7 +297,11 @@ def _docker(value: Any, where: str) -> DockerTarget:
 
     data = _mapping(value, where)
     _unknown(data, {"engine", "container", "compose", "data_dir", "config", "dockerfile", "build_args",
-                    "image_repository"}, where)
+                    "image_repository", "database_through_engine"}, where)
+    through = data.get("database_through_engine", False)
+    if not isinstance(through, bool):
+        raise _fail(f"{where}.database_through_engine", f"expected true or false, got {through!r}",
+                    "write database_through_engine: true when the dsn's host is only reachable from the container")
     engine = _str(data, "engine", where, required=False)
     if engine is not None and not engine.startswith(DOCKER_ENGINE_SCHEMES):
         raise _fail(f"{where}.engine", f"{engine!r} is not a Docker engine URL",
@@ -332,7 +339,8 @@ def _docker(value: Any, where: str) -> DockerTarget:
     return DockerTarget(engine=engine, container=container, compose_project=project, compose_service=service,
                         data_dir=_container_path(data, "data_dir", where, "/var/lib/odoo"),
                         config=_container_path(data, "config", where, "/etc/odoo/odoo.conf"),
-                        dockerfile=dockerfile, build_args=dict(build_args), image_repository=repository)
+                        dockerfile=dockerfile, build_args=dict(build_args), image_repository=repository,
+                        database_through_engine=through)
 
 
 def _dsn_dbname(dsn: str) -> str | None:

@@ -488,7 +488,128 @@ def one_off_settings(container: Any, image: str | None = None) -> dict[str, Any]
         settings["user"] = config["User"]
     if config.get("WorkingDir"):
         settings["working_dir"] = config["WorkingDir"]
+    if host.get("ExtraHosts"):  # names the Odoo container resolves (a database host among them)
+        settings["extra_hosts"] = list(host["ExtraHosts"])
     return settings
+
+
+# A byte relay run inside a container: stdin to a TCP peer, the peer to stdout (the Odoo image has python3).
+_RELAY = """import os, socket, sys, threading
+peer = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def up():
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        peer.sendall(data)
+    peer.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    data = peer.recv(65536)
+    if not data:
+        break
+    os.write(1, data)
+"""
+
+
+@contextmanager
+def tcp_relay(client: Any, container: Any, host: str, port: int, engine: str = "the Docker engine") -> Iterator[int]:
+    """A local ``127.0.0.1`` port whose connections reach ``host:port`` as the Odoo container's network sees it.
+
+    What an SSH port forward is to a remote host: a relay container on the Odoo container's network (its
+    image, no volumes, so it outlives a replacement of the Odoo container) and, per connection, an exec in
+    it whose stdin/stdout carry the bytes over the engine's API. For a database only the container reaches.
+    """
+    import socket
+    import threading
+
+    settings = one_off_settings(container)
+    settings.pop("volumes_from", None)
+    settings["labels"] = {**{k: v for k, v in settings["labels"].items() if k != ONE_OFF_LABEL},
+                          "odoops.relay": container.name}
+    with engine_errors(engine, f"start a relay beside container {container.name}"):
+        relay = client.containers.create(command=["sleep", "infinity"], detach=True, **settings)
+        relay.start()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def pump_down(upstream: socket.socket, conn: socket.socket) -> None:
+        """Engine → client: the exec's stream is framed (8-byte header: stream, size); stdout goes through."""
+        buffered = b""
+        try:
+            while True:
+                while len(buffered) < 8:
+                    chunk = upstream.recv(65536)
+                    if not chunk:
+                        return
+                    buffered += chunk
+                stream, size = buffered[0], int.from_bytes(buffered[4:8], "big")
+                while len(buffered) < 8 + size:
+                    chunk = upstream.recv(65536)
+                    if not chunk:
+                        return
+                    buffered += chunk
+                if stream == 1:
+                    conn.sendall(buffered[8:8 + size])
+                buffered = buffered[8 + size:]
+        except OSError:
+            return
+        finally:
+            for end in (conn, upstream):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def pump_up(conn: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while data := conn.recv(65536):
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (upstream, conn):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def connection(conn: socket.socket) -> None:
+        try:
+            exec_id = client.api.exec_create(relay.id, ["python3", "-c", _RELAY, host, str(port)], stdin=True,
+                                             stdout=True, stderr=True, tty=False)
+            raw = client.api.exec_start(exec_id, socket=True)
+            upstream = getattr(raw, "_sock", raw)
+        except Exception:  # noqa: BLE001 - the client sees its connection closed, psycopg says so in one line
+            conn.close()
+            return
+        down = threading.Thread(target=pump_down, args=(upstream, conn), daemon=True)
+        down.start()
+        pump_up(conn, upstream)
+        down.join(timeout=5)
+        conn.close()
+        upstream.close()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=connection, args=(conn,), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True, name=f"odoops-relay-{container.name}")
+    server.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        server.join(timeout=2)
+        listener.close()
+        _remove_quietly(relay)
 
 
 def run_one_off(client: Any, container: Any, argv: list[str], engine: str = "the Docker engine",

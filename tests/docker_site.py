@@ -102,7 +102,8 @@ class OdooContainer:
 
 
 def create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template, folder: Path, image: str | None = None,
-                          addons_path: str | None = None, config_volume: bool = False) -> OdooContainer:
+                          addons_path: str | None = None, config_volume: bool = False,
+                          db_host: str | None = None, extra_hosts: dict[str, str] | None = None) -> OdooContainer:
     """The sample database copied and served by an Odoo container created (not started) from ``image``.
 
     ``config_volume``: /etc/odoo is a volume of its own, as where the container is replaced by one from another
@@ -114,7 +115,7 @@ def create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template
     admin_passwd = secrets.token_hex(12)
     volume = client.volumes.create(name=f"odoops-test-data-{run}", labels=docker_engine.label())
     config = "[options]\n" + "".join(f"{k} = {v}\n" for k, v in {
-        "admin_passwd": admin_passwd, "db_host": pg_cluster.host, "db_port": pg_cluster.port,
+        "admin_passwd": admin_passwd, "db_host": db_host or pg_cluster.host, "db_port": pg_cluster.port,
         "db_user": ODOO_DB_USER, "db_password": False, "data_dir": odoo_image.data_dir,
         "addons_path": addons_path or odoo_image.addons_path, "http_interface": "127.0.0.1", "http_port": port,
         "workers": 0, "max_cron_threads": 0, "list_db": False, "dbfilter": f"^{re.escape(dbname)}$",
@@ -128,7 +129,7 @@ def create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template
         created.append(client.volumes.create(name=f"odoops-test-config-{run}", labels=docker_engine.label()))
         volumes[created[-1].name] = {"bind": "/etc/odoo", "mode": "rw"}
     container = client.containers.create(
-        image or odoo_image.tag, name=name, network_mode="host", volumes=volumes,
+        image or odoo_image.tag, name=name, network_mode="host", volumes=volumes, extra_hosts=extra_hosts or None,
         labels=docker_engine.label(role="server", **{"com.docker.compose.project": compose[0],
                                                      "com.docker.compose.service": compose[1]}))
     uid, gid = user_ids(container, "odoo")

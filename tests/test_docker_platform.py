@@ -87,6 +87,7 @@ BAD_DOCKER = [
     ({"container": "a", "build_args": ["X=1"]}, "docker.build_args: expected a mapping"),
     ({"container": "a", "image_repository": "Acme/Odoo:17"}, "docker.image_repository: 'Acme/Odoo:17' is not an "
                                                              "image repository name"),
+    ({"container": "a", "database_through_engine": "yes"}, "docker.database_through_engine: expected true or false"),
     ("acme-odoo", "docker: expected a mapping"),
     (None, "docker: missing; add docker: {container: NAME}"),
 ]
@@ -162,6 +163,49 @@ def test_backup_of_a_container_lands_in_the_catalog_and_verifies(odoo_container,
     files = repo.manifest(second["backup_id"])["odoops"]["filestore"]
     assert (files["files"], files["new_objects"], files["new_bytes"]) == (len(in_volume), 0, 0)
     print(f"backup of the container: first {first_seconds:.1f} s, second {second_seconds:.1f} s")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_database_only_the_container_reaches_is_backed_up_through_the_engine(docker_engine, odoo_image, pg_cluster,
+                                                                               odoo_db_role, sample_template,
+                                                                               tmp_path):
+    """The dsn names the database host as the container sees it (``pgdb``, resolvable only in the container,
+    as a compose service name is): odoops reaches it by a relay through the engine, pg_dump included."""
+    import socket
+
+    from flows.backup import backup_flow
+    from flows.health import health_flow
+    from odoops.errors import ConnectionFailed
+
+    with pytest.raises(OSError):
+        socket.getaddrinfo("pgdb", pg_cluster.port)  # this machine cannot resolve it: only the relay can work
+    site = create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template, tmp_path,
+                                 config_volume=True, db_host="pgdb", extra_hosts={"pgdb": "127.0.0.1"})
+    try:
+        site.container.start()
+        _wait_healthy(site.container, site.url)
+        dsn = f"postgresql://postgres@pgdb:{pg_cluster.port}/{site.dbname}"
+        entry = {"stage": "staging", "platform": "docker", "url": site.url, "database": {"dsn": dsn},
+                 "docker": {"engine": docker_engine.docker_host, "container": site.name,
+                            "database_through_engine": True}}
+        inventory = write_inventory(tmp_path / "through.yaml", {ENV: entry})
+        result = backup_flow(ENV, inventory=str(inventory))
+        manifest = load_inventory(inventory)
+        from odoops.runtime import repository_for
+
+        stored = repository_for(manifest, "local").manifest(result["backup_id"])
+        assert stored["db_name"] == site.dbname and stored["odoops"]["database"]["row_counts"]["res_partner"] > 0
+        checks = {c["name"]: c for c in health_flow(ENV, inventory=str(inventory))["checks"]}
+        assert checks["pg.connections"]["status"] in ("ok", "warn") and checks["pg.connections"]["value"] is not None
+        assert docker_engine.client.containers.list(all=True, filters={"label": "odoops.relay"}) == [], \
+            "the relay is gone with the run"
+        entry["docker"]["database_through_engine"] = False
+        write_inventory(tmp_path / "direct.yaml", {ENV: entry})
+        with pytest.raises(ConnectionFailed):
+            backup_flow(ENV, inventory=str(tmp_path / "direct.yaml"))
+    finally:
+        remove_odoo_container(docker_engine, site)
+        drop_database(pg_cluster, site.dbname)
 
 
 @pytest.fixture

@@ -14,13 +14,14 @@ import posixpath
 import subprocess
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from odoops.errors import ConfigError, DiskFull, RefusedError, ToolFailed, tool_error_line
 from odoops.inventory import DockerTarget, Environment
-from odoops.platforms.base import FilestoreEntry, FilestoreFolders, Platform, odoo_command
+from odoops.platforms.base import ConnInfo, FilestoreEntry, FilestoreFolders, Platform, odoo_command
 from tasks import containers
 
 RELEASE_REPOSITORY = "odoops-release"
@@ -60,6 +61,26 @@ class DockerPlatform(Platform):
                                                         project=self.target.compose_project,
                                                         service=self.target.compose_service)
         return self._container
+
+    @contextmanager
+    def database(self) -> Iterator[ConnInfo]:
+        """The dsn as odoops sees it, or — ``database_through_engine`` — its host and port as the container sees
+        them, reached by a relay through the engine on a local port for the duration of the context."""
+        info = self.conninfo()
+        if not self.target.database_through_engine:
+            yield info
+            return
+        host = info.params.get("host") or "localhost"
+        if host.startswith("/") or "," in host:
+            raise ConfigError(f"environment {self.env.name}: with database_through_engine the dsn must name one "
+                              "TCP host as the container sees it, e.g. postgresql://odoo@db:5432/acme")
+        try:
+            port = int(info.params.get("port") or 5432)
+        except ValueError:
+            raise ConfigError(f"environment {self.env.name}: database dsn port is not a number") from None
+        params = {k: v for k, v in info.params.items() if k not in ("host", "hostaddr", "port")}
+        with containers.tcp_relay(self.client, self.container, host, port, self.engine) as local_port:
+            yield ConnInfo(params={**params, "host": "127.0.0.1", "port": str(local_port)}, password=info.password)
 
     @property
     def filestore_path(self) -> str:
