@@ -190,7 +190,7 @@ def test_a_good_release_is_built_and_served_by_a_new_container_and_rolled_back(s
     assert site.records()[-1]["action"] == "rollback" and site.one_offs() == []
 
 
-@pytest.mark.parametrize("broken", ["bad_view", "hangs"])
+@pytest.mark.parametrize("broken", ["bad_view", "hook_raises", "hangs"])
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_broken_release_is_rolled_back_to_the_exact_previous_state(site, broken):
     from flows.deploy import DeployFailed, deploy_flow
@@ -202,7 +202,8 @@ def test_a_broken_release_is_rolled_back_to_the_exact_previous_state(site, broke
         deploy_flow(ENV, ref="main", timeout_seconds=25 if broken == "hangs" else 600, inventory=str(site.inventory))
     message = str(info.value)
     assert "rolled back to the exact previous state, and serves again" in message, message
-    assert {"bad_view": "exited 255", "hangs": "did not finish within its time limit"}[broken] in message, message
+    assert {"bad_view": "exited 255", "hook_raises": "acme hook broken",
+            "hangs": "did not finish within its time limit"}[broken] in message, message
     assert "\n" not in message
     after = site.state()
     changed = sorted(t for t in set(before[0]) | set(after[0]) if before[0].get(t) != after[0].get(t))
@@ -326,3 +327,50 @@ def test_a_replacement_keeps_every_setting_and_volume_and_undoes_itself_when_it_
         client.containers.get(old.name).remove(force=True)
         client.images.remove(standin, force=True)
         client.volumes.get(anonymous).remove(force=True)
+
+
+def test_a_killed_deploy_is_found_and_resume_rollback_puts_the_state_back(site, tmp_path):
+    """SIGKILL of odoops (the CLI, as the operator runs it) while the update's one-off container runs: the
+    next deploy refuses and names --resume-rollback, which removes the orphaned one-off, puts the snapshot
+    back in the database and the volume, and starts the previous release's container again."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import kill_group
+
+    server = ConnInfo.from_dsn(site.cluster.dsn())
+    before, records_before = site.state(), len(site.records())
+    site.repo.commit("17.0.1.1.0", "acme_custom: hangs", tier=True, hangs=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    cli, root = [sys.executable, "-m", "odoops"], Path(__file__).resolve().parent.parent
+    log = open(tmp_path / "killed.log", "wb")
+    proc = subprocess.Popen([*cli, "deploy", ENV, "--ref", "main", "-i", str(site.inventory)], cwd=root, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not (site.one_offs() and any(s.state == "in-progress" for s in snapshot.snapshots(server, ENV))):
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the update never started"
+            time.sleep(0.2)
+    finally:
+        kill_group(proc)
+    assert site.one_offs(), "the one-off update outlives odoops"
+    again = subprocess.run([*cli, "deploy", ENV, "--ref", "main", "-i", str(site.inventory)], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and f"odoops deploy {ENV} --resume-rollback" in " ".join(again.stderr.split()), \
+        again.stderr
+    back = subprocess.run([*cli, "deploy", ENV, "--resume-rollback", "-i", str(site.inventory)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert back.returncode == 0 and "is back" in back.stdout, back.stdout + back.stderr
+    wait_healthy(site.container, site.odoo.url)
+    after = site.state()
+    changed = sorted(t for t in set(before[0]) | set(after[0]) if before[0].get(t) != after[0].get(t))
+    assert changed in ([], ["public.res_users_log"]) and after[1] == before[1], changed
+    assert_on_first_release(site)
+    assert site.one_offs() == [] and site.leftovers() == []
+    assert not any(s.state == "in-progress" for s in snapshot.snapshots(server, ENV))
+    assert [r["outcome"] for r in site.records()[records_before:]] == ["in-progress", "rolled back (resumed)"]
+    site.repo.commit("17.0.1.0.0", "acme_custom 1.0 again")
