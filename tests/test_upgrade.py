@@ -70,7 +70,9 @@ def test_a_good_update_adds_the_column_and_serves(site, pg_cluster, monkeypatch)
     assert record["runbook"] == "upgrade" and record["outcome"] == "success"
 
 
-@pytest.mark.parametrize("broken", ["bad_view", "hook_raises", "hangs"])
+# The other ways a release breaks (an exception in _register_hook, an update that never ends, code that does
+# not import) go through the same change machinery (flows/changes.py): tests/test_deploy.py shows each of them.
+@pytest.mark.parametrize("broken", ["bad_view"])
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_broken_update_puts_back_the_exact_previous_state(site, pg_cluster, broken):
     from flows.upgrade import UpgradeFailed, upgrade_flow
