@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from odoops.errors import OdoopsError
 from odoops.inventory import Environment, load_inventory
 from odoops.platforms import platform_for
-from odoops.runtime import record_run, run_name
+from odoops.runtime import record_run, run_name, tag_run
 from tasks import health
 
 STATUS_ICON = {"ok": "✅", "warn": "⚠️", "critical": "❌", "skipped": "➖"}
@@ -109,6 +109,7 @@ def health_flow(environment: str, inventory: str | None = None) -> dict[str, Any
     logger = get_run_logger()
     inv = load_inventory(inventory)
     env = inv.environment(environment)
+    tag_run(env)
     health.thresholds_for(env)  # a bad threshold fails the run at once, before any probe
     checks = http_task(env) + postgres_task(env) + platform_task(env)
     report = health.HealthReport(environment=env.name, checks=checks)

@@ -27,7 +27,7 @@ from flows.health import artifact_key
 from odoops.errors import ConfigError, OdoopsError, RefusedError
 from odoops.inventory import Environment, Inventory, load_inventory
 from odoops.platforms import platform_for
-from odoops.runtime import record_run, run_name
+from odoops.runtime import record_run, run_name, tag_run
 from odoops.slots import environment_slot
 from tasks import health
 
@@ -112,6 +112,7 @@ def incident_flow(environment: str, action: Action, apply: bool = False, confirm
     logger = get_run_logger()
     inv = load_inventory(inventory)
     env = inv.environment(environment)
+    tag_run(env)
     options = {"older_than": older_than, "min_dead_ratio": min_dead_ratio, "min_dead_tuples": min_dead_tuples,
                "slow_log": slow_log, "ms": ms, "wait_seconds": wait_seconds}
     # An applied remediation (a restart, terminated sessions) must not land in the middle of a backup or restore.

@@ -63,7 +63,28 @@ def audit_repository(inventory: Inventory, env: Environment | None = None) -> Re
 
 def resolve(environment: str, inventory: str | None) -> tuple[Inventory, Environment]:
     inv = load_inventory(inventory)
-    return inv, inv.environment(environment)
+    env = inv.environment(environment)
+    tag_run(env)
+    return inv, env
+
+
+def tag_run(env: Environment) -> None:
+    """Tag the running flow run ``runbook:<flow>``, ``environment:<name>``, ``stage:<stage>``: the UI's run
+    list filters on them. Outside a flow run it does nothing; a failure to tag never fails the run."""
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+        if ctx is None or ctx.flow_run is None:
+            return
+        wanted = [f"runbook:{ctx.flow.name}", f"environment:{env.name}", f"stage:{env.stage}"]
+        tags = list(dict.fromkeys([*(ctx.flow_run.tags or []), *wanted]))
+        if tags != list(ctx.flow_run.tags or []):
+            with get_client(sync_client=True) as client:
+                client.update_flow_run(ctx.flow_run.id, tags=tags)
+    except Exception as exc:  # noqa: BLE001
+        _run_logger().warning("could not tag the run: %s", exc)
 
 
 def record_run(inventory: Inventory, runbook: str, env: Environment | None, parameters: dict[str, Any],

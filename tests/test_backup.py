@@ -239,7 +239,8 @@ def test_config_file_is_kept_with_secrets_masked(tmp_path, pg_cluster, odoo_db):
 
 
 def test_runs_are_named_after_what_they_do(inventory):
-    """The UI's run list says which runbook touched which environment, not `imaginary-okapi`."""
+    """The UI's run list says which runbook touched which environment, not `imaginary-okapi`, and filters
+    on tags by runbook, environment and stage."""
     from prefect.client.orchestration import get_client
 
     from flows.backup import backup_flow
@@ -253,4 +254,6 @@ def test_runs_are_named_after_what_they_do(inventory):
         verify_run = client.read_flow_run(verified.state_details.flow_run_id)
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d"
     assert re.fullmatch(rf"backup/production/{stamp}", backup_run.name), backup_run.name
+    # and tagged, so the UI's run list filters by runbook, environment and stage
+    assert {"runbook:backup", "environment:production", "stage:production"} <= set(backup_run.tags), backup_run.tags
     assert re.fullmatch(rf"verify/{re.escape(backup_id)}/{stamp}", verify_run.name), verify_run.name
