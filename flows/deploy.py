@@ -83,7 +83,7 @@ def make_plan(env: Environment, inv: Inventory, platform, target, ref: str | Non
                 "new_modules": [], "update_rule": update, "commits": [], "versions": {}}
     repo = git.mirror(env.git.repository)
     commit = git.resolve(repo, ref, env.git.repository)
-    tree = git.export(repo, commit, git.cache_root().parent / "trees" / commit)
+    tree = git.commit_tree(repo, commit)
     addons = tree / env.git.subdir if env.git.subdir else tree
     old_commit = (running or {}).get("release", {}).get("commit")
     changed = git.changed_files(repo, old_commit, commit, env.git.subdir) if old_commit else None
@@ -96,8 +96,7 @@ def make_plan(env: Environment, inv: Inventory, platform, target, ref: str | Non
     modules, new = releases.modules_to_update(manifests, states, series, update, changed)
     releases.check_release(addons, sorted(m for m in manifests if states.get(m, ("",))[0] == "installed"), series)
     if old_commit:
-        was = releases.manifests(git.export(repo, old_commit, git.cache_root().parent / "trees" / old_commit)
-                                 / (env.git.subdir or "."))
+        was = releases.manifests(git.commit_tree(repo, old_commit) / (env.git.subdir or "."))
         dropped = sorted(m for m in was if m not in manifests and states.get(m, ("",))[0] == "installed")
         if dropped:
             raise RefusedError(f"commit {commit[:12]} drops installed module(s) {', '.join(dropped)}: uninstall them "

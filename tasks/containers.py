@@ -534,6 +534,14 @@ def tcp_relay(client: Any, container: Any, host: str, port: int, engine: str = "
     listener.settimeout(0.2)
     stop = threading.Event()
 
+    def shut(*ends: socket.socket) -> None:
+        """Either side ending ends the connection: the other pump's recv returns at once."""
+        for end in ends:
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def pump_down(upstream: socket.socket, conn: socket.socket) -> None:
         """Engine → client: the exec's stream is framed (8-byte header: stream, size); stdout goes through."""
         buffered = b""
@@ -556,11 +564,7 @@ def tcp_relay(client: Any, container: Any, host: str, port: int, engine: str = "
         except OSError:
             return
         finally:
-            for end in (conn, upstream):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            shut(conn, upstream)
 
     def pump_up(conn: socket.socket, upstream: socket.socket) -> None:
         try:
@@ -569,11 +573,7 @@ def tcp_relay(client: Any, container: Any, host: str, port: int, engine: str = "
         except OSError:
             pass
         finally:
-            for end in (upstream, conn):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            shut(upstream, conn)
 
     def connection(conn: socket.socket) -> None:
         try:

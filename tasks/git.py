@@ -95,8 +95,13 @@ def changed_files(repo: Path, old: str, new: str, subdir: str = "") -> list[str]
     return [n[len(prefix):] for n in names if n.startswith(prefix)]
 
 
-def export(repo: Path, commit: str, target: Path, subdir: str = "") -> Path:
-    """Write the tree of ``commit`` (or of its ``subdir``) into ``target``, complete or not at all."""
+def commit_tree(repo: Path, commit: str) -> Path:
+    """The whole repository at ``commit``, exported once into the cache (a commit never changes)."""
+    return export(repo, commit, cache_root().parent / "trees" / commit)
+
+
+def export(repo: Path, commit: str, target: Path) -> Path:
+    """Write the tree of ``commit`` into ``target``, complete or not at all."""
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -106,8 +111,7 @@ def export(repo: Path, commit: str, target: Path, subdir: str = "") -> Path:
 
         shutil.rmtree(tmp)
     tmp.mkdir()
-    treeish = f"{commit}:{subdir.strip('/')}" if subdir else commit
-    proc = subprocess.Popen(["git", "archive", "--format=tar", treeish], cwd=repo, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=repo, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:

@@ -46,6 +46,16 @@ def drop_database(cluster, dbname: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
+def drop_database_and_copies(cluster, dbname: str) -> None:
+    """``dbname`` and every database odoops made beside it (snapshots, kept states, scratch copies)."""
+    import psycopg
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{dbname}%",))]
+    for name in names:
+        drop_database(cluster, name)
+
+
 def reload_pg_conf(cluster, timeout: float = 30) -> None:
     """pg_reload_conf() only signals the postmaster: wait until new sessions run with the new files."""
     import time

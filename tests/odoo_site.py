@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.helpers import file_sha1s, table_checksums
+from tests.helpers import drop_database_and_copies, file_sha1s, table_checksums
 
 ADMIN = ("admin", "admin")
 
@@ -117,14 +117,9 @@ class Site:
 
     def close(self) -> None:
         """Stop its Odoo; drop its database and every copy odoops made of it (snapshots, kept states)."""
-        from tests.helpers import drop_database
 
         self.service("stop")
-        with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
-            names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                                (f"{self.dbname}%",))]
-        for name in names:
-            drop_database(self.cluster, name)
+        drop_database_and_copies(self.cluster, self.dbname)
 
 
 def with_login(site: Site, monkeypatch) -> None:

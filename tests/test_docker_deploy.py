@@ -15,14 +15,13 @@ import hashlib
 import json
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from odoops.errors import RefusedError
 from tasks import snapshot
 from tasks.postgres import ConnInfo
 from tests.docker_site import create_odoo_container, remove_odoo_container, volume_files, wait_healthy
-from tests.helpers import drop_database, table_checksums, write_inventory
+from tests.helpers import drop_database_and_copies, table_checksums, write_inventory
 from tests.odoo_site import ADMIN, column_exists, healthy, module_version
 from tests.services_odoo import xmlrpc_authenticate
 from tests.test_deploy import AddonsRepo
@@ -126,11 +125,7 @@ def site(docker_engine, odoo_image, pg_cluster, odoo_db_role, sample_template, t
     wait_healthy(odoo.container, odoo.url)
     yield DockerSite(docker_engine, odoo, repo, inventory, pg_cluster, first_image, odoo_image.tag)
     remove_odoo_container(docker_engine, odoo)
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                            (f"{odoo.dbname}%",))]
-    for name in names:
-        drop_database(pg_cluster, name)
+    drop_database_and_copies(pg_cluster, odoo.dbname)
     # the images this module built: the releases and the stand-in are tagged with the container's name
     built = [image.id for image in client.images.list()
              if any(odoo.name in t or t.endswith(first_tag) for t in image.tags)]

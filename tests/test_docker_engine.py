@@ -10,55 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 import secrets
 import tarfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 from odoops.sandbox import free_port
-from tests.docker_site import tar_of
+from tests.docker_site import tar_of, user_ids, wait_healthy
 from tests.services_odoo import ODOO_DB_USER, xmlrpc_authenticate, xmlrpc_version
-
-HEALTH_TIMEOUT = 180.0  # about 2 s on an idle machine; 2 cores shared with other test runs
 
 
 def _untar(stream) -> dict[str, bytes]:
     """The regular files of a get_archive stream, by path."""
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-
-
-def _user_ids(container, user: str) -> tuple[int, int]:
-    """uid and gid of ``user`` read from the container's /etc/passwd (they differ between images)."""
-    passwd = _untar(container.get_archive("/etc/passwd")[0])["passwd"].decode()
-    for line in passwd.splitlines():
-        fields = line.split(":")
-        if fields[0] == user:
-            return int(fields[2]), int(fields[3])
-    raise AssertionError(f"no user {user} in the image's /etc/passwd")
-
-
-def _wait_healthy(container, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        container.reload()
-        if container.status in ("exited", "dead"):
-            raise AssertionError(f"the Odoo container {container.status}:\n{container.logs().decode()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/web/health", timeout=2) as resp:
-                if json.loads(resp.read()).get("status") == "pass":
-                    return
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise AssertionError(f"Odoo in its container not healthy within {timeout} s ({last}):\n"
-                         f"{container.logs().decode()[-3000:]}")
 
 
 def test_odoo_image_serves_a_real_database_on_the_engine(docker_engine, odoo_image, pg_cluster, odoo_db_role,
@@ -89,7 +55,7 @@ def test_odoo_image_serves_a_real_database_on_the_engine(docker_engine, odoo_ima
     server = client.containers.create(odoo_image.tag, name=f"odoops-test-odoo-{run}", network_mode="host",
                                       volumes=mounts, labels=docker_engine.label(role="server"))
     # The config and the filestore go in before the start, as a platform deploying to a remote engine would.
-    uid, gid = _user_ids(server, "odoo")
+    uid, gid = user_ids(server, "odoo")
     assert uid != 0
     assert server.put_archive("/etc/odoo", tar_of([("odoo.conf", config.encode())], uid, gid))
     files = {p.relative_to(filestore).as_posix(): p.read_bytes() for p in sorted(filestore.rglob("*")) if p.is_file()}
@@ -103,7 +69,7 @@ def test_odoo_image_serves_a_real_database_on_the_engine(docker_engine, odoo_ima
 
     server.start()
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(server, url, HEALTH_TIMEOUT)
+    wait_healthy(server, url)
 
     assert xmlrpc_version(url)["server_serie"] == "17.0"
     user_id = xmlrpc_authenticate(url, dbname, "admin", "admin")

@@ -29,7 +29,7 @@ from tests.docker_site import create_odoo_container, remove_odoo_container
 from tests.docker_site import get as _get
 from tests.docker_site import volume_files as _volume_files
 from tests.docker_site import wait_healthy as _wait_healthy
-from tests.helpers import drop_database, write_inventory
+from tests.helpers import drop_database, drop_database_and_copies, write_inventory
 
 ENV = "acme-docker"
 
@@ -44,15 +44,19 @@ def odoo_container(docker_engine, odoo_image, pg_cluster, odoo_db_role, sample_t
     site = create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template, folder, config_volume=True)
     site.container.start()
     _wait_healthy(site.container, site.url)
-    site.inventory = write_inventory(folder / "environments.yaml", {
-        ENV: {"stage": "staging", "platform": "docker",
-              "docker": {"engine": docker_engine.docker_host, "container": site.name},
-              "database": {"dsn": pg_cluster.dsn(site.dbname)}, "url": site.url,
-              "odoo_bin": [odoo_image.odoo_bin, "-c", odoo_image.config], "backup": {"storage": "local"}},
-    })
+    site.inventory = write_inventory(folder / "environments.yaml", {ENV: docker_entry(
+        docker_engine, site, pg_cluster, odoo_bin=[odoo_image.odoo_bin, "-c", odoo_image.config])})
     yield site
     remove_odoo_container(docker_engine, site)
     drop_database(pg_cluster, site.dbname)
+
+
+def docker_entry(docker_engine, site, pg_cluster, **extra) -> dict:
+    """The inventory entry of a test container, as an operator writes it."""
+    return {"stage": "staging", "platform": "docker", "docker": {"engine": docker_engine.docker_host,
+                                                                  "container": site.name},
+            "database": {"dsn": pg_cluster.dsn(site.dbname)}, "url": site.url, "backup": {"storage": "local"},
+            **extra}
 
 
 @pytest.fixture
@@ -214,18 +218,11 @@ def own_container(docker_engine, odoo_image, pg_cluster, odoo_db_role, sample_te
     site = create_odoo_container(docker_engine, odoo_image, pg_cluster, sample_template, tmp_path, config_volume=True)
     site.container.start()
     _wait_healthy(site.container, site.url)
-    site.inventory = write_inventory(tmp_path / "environments.yaml", {
-        ENV: {"stage": "staging", "platform": "docker",
-              "docker": {"engine": docker_engine.docker_host, "container": site.name},
-              "database": {"dsn": pg_cluster.dsn(site.dbname)}, "url": site.url, "backup": {"storage": "local"}},
-    })
+    site.inventory = write_inventory(tmp_path / "environments.yaml", {ENV: docker_entry(docker_engine, site,
+                                                                                         pg_cluster)})
     yield site
     remove_odoo_container(docker_engine, site)
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                            (f"{site.dbname}%",))]
-    for name in names:
-        drop_database(pg_cluster, name)
+    drop_database_and_copies(pg_cluster, site.dbname)
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -218,10 +218,7 @@ class Platform(ABC):
         from odoops import holders
 
         if process and process.get("pid") and not holders.liveness(process, 0).dead:
-            try:
-                os.killpg(int(process["pid"]), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_process_group(int(process["pid"]))
 
     def stop(self) -> bool:
         """Stop Odoo; False when the platform has no way to (no stop_command)."""
@@ -280,3 +277,11 @@ def odoo_command(odoo_bin: list[str], args: list[str]) -> list[str]:
         return [*odoo_bin, *args]
     first_option = next((i for i, word in enumerate(odoo_bin) if word.startswith("-")), len(odoo_bin))
     return [*odoo_bin[:first_option], args[0], *odoo_bin[first_option:], *args[1:]]
+
+
+def kill_process_group(pid: int) -> None:
+    """SIGKILL a process group (a command run on a host leads its own, so its children go with it)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from odoops.errors import ConfigError, TimedOut, ToolFailed, tool_error_line
-from odoops.platforms.base import FilestoreEntry, Platform
+from odoops.platforms.base import FilestoreEntry, Platform, kill_process_group
 from tasks import releases
 
 
@@ -97,11 +96,3 @@ class HostPlatform(Platform):
         if check and result.returncode != 0:
             raise ToolFailed(f"{Path(argv[0]).name} exited {result.returncode}: {tool_error_line(result.stderr)}")
         return result
-
-
-def kill_process_group(pid: int) -> None:
-    """SIGKILL a process group (a command run by :meth:`HostPlatform.run` leads its own)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
