@@ -55,6 +55,7 @@ def restore_flow(source: str, environment: str, neutralize: bool | None = None, 
     parameters = {"source": source, "environment": environment, "neutralize": neutralize, "anonymize": anonymize,
                   "rules": rules, "confirm": confirm, "allow_version_change": allow_version_change}
     inv, env = resolve(environment, inventory)
+    platform_for(env).ensure_can("restore")  # an Odoo.sh build: done in its dashboard, which the refusal names
     if env.ssh is not None:
         raise ConfigError(f"environment {env.name}: restoring over SSH is not supported yet: run odoops on that host")
     pre_backup = None

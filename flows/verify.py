@@ -68,8 +68,10 @@ def drill_flow(backup_id: str, inventory: str | None = None) -> dict[str, Any]:
     """Restore BACKUP_ID into a scratch database and filestore, check it against its manifest, drop it."""
     inv = load_inventory(inventory)
     env, repo = locate_backup(inv, backup_id)
-    with platform_for(env) as platform, platform.database() as conninfo:
-        report = drill(repo, backup_id, conninfo)
+    with platform_for(env) as platform:
+        platform.ensure_can("create_database")  # the scratch database is made on the environment's server
+        with platform.database() as conninfo:
+            report = drill(repo, backup_id, conninfo)
     details = {"tables": report.tables, "rows": report.rows, "files": report.files,
                "attachments_checked": report.attachments_checked, "problems": report.problems[:100]}
     repo.record_verification(backup_id, "drill", report.ok, details)

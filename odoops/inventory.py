@@ -24,6 +24,7 @@ PLATFORMS = ("host", "docker", "odoosh")
 STORAGE_TYPES = ("local", "s3")
 BACKUP_KINDS = ("scheduled", "manual", "pre-deploy", "pre-upgrade", "pre-restore")
 DEFAULT_KEEP = {"daily": 7, "weekly": 4, "monthly": 3}  # what Odoo.sh keeps for production
+NAME_RE = r"[a-z0-9][a-z0-9_-]{0,62}"  # a site or a label: it becomes part of a work pool or limit name
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class SSH:
     port: int = 22
     known_hosts: Path | None = None
     key_file: Path | None = None
+    # What to tell the operator when the login is refused or the host is gone (an Odoo.sh build is replaced
+    # at every rebuild); None: the plain SSH error.
+    refused_fix: str | None = None
 
 
 DOCKER_ENGINE_SCHEMES = ("unix://", "tcp://", "ssh://", "http://", "https://", "npipe://")
@@ -92,6 +96,42 @@ class DockerTarget:
         if self.container:
             return f"container {self.container}"
         return f"compose service {self.compose_project}/{self.compose_service}"
+
+
+@dataclass(frozen=True)
+class OdooSh:
+    """Where a ``platform: odoosh`` environment lives on Odoo.sh: the project, the branch Odoo.sh builds
+    from the git remote, and the SSH address of the branch's current build (``<build_id>@<host>``, also the
+    environment's ``ssh``), which changes at every rebuild: ``address_source`` is the inventory, or the builds
+    file beside it that ``odoops envs set-ssh`` writes (odoops/platforms/odoosh.py)."""
+
+    project: str
+    branch: str
+    remote: str
+    address: str
+    url: str | None = None
+    address_source: str = "inventory"
+
+
+ODOOSH_BUILDS_SUFFIX = ".odoosh-builds.json"
+
+
+def odoosh_builds_file(inventory: Path) -> Path:
+    """The file beside the inventory holding the current build address of Odoo.sh environments."""
+    return inventory.with_name(inventory.stem + ODOOSH_BUILDS_SUFFIX)
+
+
+def parse_build_address(address: Any, where: str = "address") -> tuple[str, str, int]:
+    """``<build_id>@<host>[:port]`` as (build id, host, port)."""
+    import re
+
+    match = re.fullmatch(r"([A-Za-z0-9_][A-Za-z0-9_.-]*)@(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?",
+                         address.strip()) if isinstance(address, str) else None
+    port = int(match.group(3)) if match and match.group(3) else 22
+    if not match or not 0 < port < 65536:
+        raise ConfigError(f"{where}: {address!r} is not an Odoo.sh SSH address: write <build_id>@<host>[:port] as the "
+                          "branch's SSH command in the Odoo.sh dashboard shows it, e.g. 1234567@acme-main-1234567.dev.odoo.com")
+    return match.group(1), match.group(2).strip("[]"), port
 
 
 @dataclass(frozen=True)
@@ -152,6 +192,9 @@ class Environment:
     # A symbolic link on the Odoo host that the addons_path names: an upgrade with new code points it at
     # the new release folder, and a rollback points it back (the previous code serves the previous data).
     addons_link: str | None = None
+    # Host: a symbolic link to the Odoo source tree that odoo_bin and the service run (/opt/odoo/current): a
+    # major upgrade (--to SERIES --odoo TREE) points it at the new tree, a rollback points it back.
+    odoo_link: str | None = None
     # The user's addons repository, where deploy takes releases from (a commit, a branch, a tag).
     git: GitSource | None = None
     # Host: the folder of release folders (<releases_dir>/<commit>); default: ``releases`` beside addons_link.
@@ -159,6 +202,12 @@ class Environment:
     upgrade_commands: dict[str, UpgradeCommand] = field(default_factory=dict)
     # platform: docker only: the engine and container (filestore is then the path inside the container)
     docker: DockerTarget | None = None
+    # platform: odoosh only (database and filestore are then read from the build: odoops/platforms/odoosh.py)
+    odoosh: OdooSh | None = None
+    # The fleet: where its runs go (work pool odoops-<site>, the worker next to its database) and free labels
+    # that --select picks environments by (docs/fleet.md).
+    site: str | None = None
+    labels: tuple[str, ...] = ()
 
     @property
     def is_production(self) -> bool:
@@ -166,10 +215,20 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class FleetLimits:
+    """How many backups run at once against one storage and one database server (Prefect global
+    concurrency limits ``odoops-storage-<name>`` and ``odoops-dbserver-<host:port>``)."""
+
+    max_backups_per_storage: int = 4
+    max_backups_per_db_server: int = 2
+
+
+@dataclass(frozen=True)
 class Inventory:
     path: Path
     storages: dict[str, Storage]
     environments: dict[str, Environment]
+    fleet: FleetLimits = field(default_factory=FleetLimits)
 
     def environment(self, name: str) -> Environment:
         try:
@@ -354,17 +413,20 @@ def _dsn_dbname(dsn: str) -> str | None:
         return None
 
 
-def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage]) -> Environment:
+def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage],
+                 inventory: Path | None = None) -> Environment:
     where = f"environments.{name}"
     data = _mapping(data, where)
     _unknown(data, {"stage", "platform", "database", "filestore", "url", "backup", "odoo_config", "ssh", "logs",
-                    "odoo_bin", "stop_command", "start_command", "health", "extra", "addons_link", "docker", "git",
-                    "releases_dir", "upgrade_commands"}, where)
+                    "odoo_bin", "stop_command", "start_command", "health", "extra", "addons_link", "odoo_link", "docker", "git",
+                    "releases_dir", "upgrade_commands", "site", "labels", "odoosh"}, where)
     stage = _choice(data, "stage", where, STAGES)
     platform = _choice(data, "platform", where, PLATFORMS)
+    odoosh = None
     if platform == "odoosh":
-        raise _fail(f"{where}.platform", f"platform {platform!r} is not implemented yet",
-                    "use platform: host or docker (odoosh arrives in a later release)")
+        odoosh, data = _odoosh(name, data, where, inventory)
+    elif data.get("odoosh") is not None:
+        raise _fail(f"{where}.odoosh", f"an odoosh block on platform {platform}", "remove it or use platform: odoosh")
     if platform != "docker" and data.get("docker") is not None:
         raise _fail(f"{where}.docker", f"a docker block on platform {platform}", "remove it or use platform: docker")
     if platform == "docker":
@@ -418,10 +480,7 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
     if storage_name not in storages:
         raise _fail(f"{where}.backup.storage", f"no storage named {storage_name!r}",
                     f"define it under 'storage:' or use one of {', '.join(storages) or '(none defined)'}")
-    schedule = _str(b, "schedule", f"{where}.backup", required=False)
-    if schedule is not None and len(schedule.split()) != 5:
-        raise _fail(f"{where}.backup.schedule", f"{schedule!r} is not a 5-field cron expression",
-                    'write e.g. "0 2 * * *" for 02:00 every day')
+    schedule = _cron(_str(b, "schedule", f"{where}.backup", required=False), f"{where}.backup.schedule")
     timezone = _str(b, "timezone", f"{where}.backup", required=False, default="UTC")
     try:
         from zoneinfo import ZoneInfo
@@ -437,6 +496,9 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
     if isinstance(logs, str):
         logs = [logs]
     health = _mapping(data.get("health", {}), f"{where}.health")
+    if odoosh is not None:  # read from the build, never written down (odoops/platforms/odoosh.py)
+        database, filestore = Database(dsn=""), ""
+        ssh = _odoosh_ssh(name, odoosh, data["odoosh"], where, base)
     return Environment(
         name=name, stage=stage, platform=platform, database=database, filestore=filestore,
         backup=BackupPolicy(storage=storage_name, schedule=schedule, timezone=timezone,
@@ -448,10 +510,133 @@ def _environment(name: str, data: Any, base: Path, storages: dict[str, Storage])
         health=health, extra=_mapping(data.get("extra", {}), f"{where}.extra"),
         addons_link=str(_resolve(base, _str(data, "addons_link", where, required=False)) or "") or None
         if ssh is None else _str(data, "addons_link", where, required=False),
+        odoo_link=str(_resolve(base, _str(data, "odoo_link", where, required=False)) or "") or None,
         docker=docker, git=_git_source(data.get("git"), f"{where}.git", base),
         releases_dir=str(_resolve(base, _str(data, "releases_dir", where, required=False)) or "") or None,
         upgrade_commands=_upgrade_commands(data.get("upgrade_commands"), f"{where}.upgrade_commands"),
+        site=_name(data.get("site"), f"{where}.site", "site: eu"),
+        labels=_labels(data.get("labels"), f"{where}.labels"),
+        odoosh=odoosh,
     )
+
+
+_ODOOSH_NOT_HERE = {
+    "database": "the database and its connection are read from the build's shell (PGDATABASE, PGHOST...)",
+    "filestore": "the filestore is ~/data/filestore/<database> in the build",
+    "ssh": "write the build's address as odoosh.ssh: <build_id>@<host>",
+    "docker": "Odoo.sh runs Odoo itself",
+    "stop_command": "Odoo.sh runs Odoo itself",
+    "start_command": "Odoo.sh runs Odoo itself",
+    "addons_link": "Odoo.sh deploys the branch's code itself (git push)",
+    "releases_dir": "Odoo.sh deploys the branch's code itself (git push)",
+}
+
+
+def _odoosh(name: str, data: dict, where: str, inventory: Path | None) -> tuple[OdooSh, dict]:
+    """The ``odoosh:`` block, and the environment's data with what the rest of the loader needs of it."""
+    for key, fix in _ODOOSH_NOT_HERE.items():
+        if data.get(key) is not None:
+            raise _fail(f"{where}.{key}", "does not apply to platform odoosh", f"remove it: {fix}")
+    block = _mapping(data.get("odoosh"), f"{where}.odoosh") if data.get("odoosh") is not None else None
+    if block is None:
+        raise _fail(f"{where}.odoosh", "missing", "add odoosh: {project: P, branch: B, remote: GIT_URL, "
+                    "ssh: <build_id>@<host>, known_hosts: FILE} for platform odoosh")
+    here = f"{where}.odoosh"
+    _unknown(block, {"project", "branch", "remote", "ssh", "known_hosts", "key_file", "url"}, here)
+    if data.get("url") is not None and block.get("url") is not None:
+        raise _fail(f"{where}.url", "given twice (also odoosh.url)", "keep odoosh.url only")
+    address = _str(block, "ssh", here)
+    parse_build_address(address, f"inventory: {here}.ssh")
+    source = "inventory"
+    builds = _read_builds(inventory, name)
+    if builds is not None:
+        address, source = builds
+    url = _str(block, "url", here, required=False) or _str(data, "url", where, required=False)
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise _fail(f"{here}.url", f"{url!r} is not a URL", "write e.g. url: https://acme.odoo.com")
+    odoosh = OdooSh(project=_str(block, "project", here), branch=_str(block, "branch", here),
+                    remote=_str(block, "remote", here), address=address, url=url, address_source=source)
+    # the loader's shared checks need a dsn: a placeholder, replaced by Database(dsn="") in the Environment
+    return odoosh, {**data, "url": url, "database": {"dsn": "postgresql:///odoosh"}, "filestore": "data/filestore",
+                    "logs": data.get("logs") or ["logs/odoo.log"]}
+
+
+def _read_builds(inventory: Path | None, name: str) -> tuple[str, str] | None:
+    """This environment's address in the builds file beside the inventory, if ``envs set-ssh`` wrote one."""
+    import json
+
+    if inventory is None:
+        return None
+    path = odoosh_builds_file(inventory)
+    if not path.exists():
+        return None
+    try:
+        entry = (json.loads(path.read_text()) or {}).get(name)
+    except (ValueError, AttributeError, OSError):
+        raise ConfigError(f"builds file {path} is not valid JSON: fix it, or delete it and run "
+                          "odoops envs set-ssh ENV ADDRESS again") from None
+    if entry is None:
+        return None
+    address = entry.get("ssh") if isinstance(entry, dict) else None
+    parse_build_address(address, f"builds file {path}: {name}")
+    return address, str(path)
+
+
+def _odoosh_ssh(name: str, odoosh: OdooSh, block: dict, where: str, base: Path) -> SSH:
+    user, host, port = parse_build_address(odoosh.address, f"{where}.odoosh.ssh")
+    return SSH(host=host, user=user, port=port,
+               known_hosts=_resolve(base, _str(block, "known_hosts", f"{where}.odoosh", required=False)),
+               key_file=_resolve(base, _str(block, "key_file", f"{where}.odoosh", required=False)),
+               refused_fix=f"the branch may have been rebuilt (Odoo.sh gives each build a new address): copy the "
+                           f"current one from Odoo.sh → {odoosh.project} → {odoosh.branch} → the build's Connect menu "
+                           f"→ SSH, then run odoops envs set-ssh {name} <build_id>@<host>")
+
+
+def _cron(schedule: str | None, where: str) -> str | None:
+    """A 5-field cron expression that the nightly flow can evaluate (cronsim, the same rules as cron)."""
+    if schedule is None:
+        return None
+    from datetime import datetime
+
+    from cronsim import CronSim, CronSimError
+
+    if len(schedule.split()) != 5:
+        raise _fail(where, f"{schedule!r} is not a 5-field cron expression", 'write e.g. "0 2 * * *" for 02:00 every day')
+    try:
+        CronSim(schedule, datetime(2026, 1, 1))
+    except CronSimError as exc:
+        raise _fail(where, f"{schedule!r} is not a valid cron expression ({str(exc).lower()})",
+                    'write minute hour day-of-month month day-of-week, e.g. "30 1 * * 1-5"') from None
+    return schedule
+
+
+def _name(value: Any, where: str, example: str) -> str | None:
+    import re
+
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(NAME_RE, value):
+        raise _fail(where, f"{value!r} is not a name", f"use lower-case letters, digits, '-' and '_', e.g. {example}")
+    return value
+
+
+def _labels(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, list):
+        raise _fail(where, "expected a list of labels", "write e.g. labels: [eu, retail]")
+    return tuple(dict.fromkeys(_name(v, where, "labels: [eu, retail]") for v in value))
+
+
+def _fleet(value: Any) -> FleetLimits:
+    data = _mapping(value or {}, "fleet")
+    _unknown(data, {"max_backups_per_storage", "max_backups_per_db_server"}, "fleet")
+    limits = {}
+    for key, number in data.items():
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+            raise _fail(f"fleet.{key}", f"expected a whole number >= 1, got {number!r}", f"write e.g. {key}: 2")
+        limits[key] = number
+    return FleetLimits(**limits)
 
 
 def _upgrade_commands(value: Any, where: str) -> dict[str, UpgradeCommand]:
@@ -503,7 +688,7 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"inventory {path} is not valid YAML{at}: fix the syntax") from None
     data = _mapping(data, "top level")
-    _unknown(data, {"storage", "environments"}, "top level")
+    _unknown(data, {"storage", "environments", "fleet"}, "top level")
     base = path.resolve().parent
     storages = {name: _storage(name, value, base) for name, value in _mapping(data.get("storage", {}), "storage").items()}
     if not storages:
@@ -515,5 +700,5 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
     for name, value in envs_data.items():
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
             raise _fail(f"environments.{name}", "invalid name", "use letters, digits, '-' and '_' only")
-        environments[name] = _environment(name, value, base, storages)
-    return Inventory(path=path, storages=storages, environments=environments)
+        environments[name] = _environment(name, value, base, storages, inventory=path)
+    return Inventory(path=path, storages=storages, environments=environments, fleet=_fleet(data.get("fleet")))

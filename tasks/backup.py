@@ -57,8 +57,13 @@ def database_snapshot(conninfo: ConnInfo) -> Iterator[tuple[psycopg.Connection, 
         snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         try:
             yield conn, snapshot_id
-        finally:
-            conn.rollback()
+        except BaseException:
+            try:  # a connection lost with the failure (an SSH tunnel cut) must not hide the failure itself
+                conn.rollback()
+            except psycopg.Error:
+                pass
+            raise
+        conn.rollback()
 
 
 def read_facts(conn: psycopg.Connection) -> DatabaseFacts:
@@ -89,6 +94,8 @@ def dump_to_repository(conninfo: ConnInfo, repo: Repository, backup_id: str, sna
     if snapshot_id:
         args.append(f"--snapshot={snapshot_id}")
     args += ["--dbname", conninfo.dbname]
+    if conninfo.tools is not None:
+        return _dump_where_tools_run(conninfo, repo, backup_key(backup_id, part), args, progress)
     proc = subprocess.Popen(args, env=conninfo.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr: list[bytes] = []
     drain = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
@@ -113,6 +120,33 @@ def dump_to_repository(conninfo: ConnInfo, repo: Repository, backup_id: str, sna
         repo.store.delete(backup_key(backup_id, part))
         raise tool_failure("pg_dump", b"".join(stderr))
     if size == 0:
+        raise ToolFailed("pg_dump produced an empty dump: check the database and pg_dump's version")
+    return {"size": size, "sha256": sha}
+
+
+def _dump_where_tools_run(conninfo: ConnInfo, repo: Repository, key: str, args: list[str],
+                          progress: Callable[[int], None] | None) -> dict[str, Any]:
+    """pg_dump run beside the database (``conninfo.tools``: an Odoo.sh build, over SSH), its output streamed
+    into the repository as it comes: no dump file on either side. A failed or cut stream leaves no part."""
+
+    class _Counting:
+        def __init__(self, stream: Any) -> None:
+            self.stream = stream
+
+        def read(self, n: int = -1) -> bytes:
+            data = self.stream.read(n)
+            if progress and data:
+                progress(len(data))
+            return data
+
+    try:
+        with conninfo.tools.stream(args) as out:
+            size, sha = repo.store.put_stream(key, _Counting(out))
+    except BaseException:
+        repo.store.delete(key)
+        raise
+    if size == 0:
+        repo.store.delete(key)
         raise ToolFailed("pg_dump produced an empty dump: check the database and pg_dump's version")
     return {"size": size, "sha256": sha}
 

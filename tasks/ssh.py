@@ -75,7 +75,7 @@ class SSHSession:
         self.key_file = Path(key_file).expanduser() if key_file else None
         self.known_hosts = Path(known_hosts).expanduser() if known_hosts else None
         self.timeout = timeout
-        self._sftp: paramiko.SFTPClient | None = None
+        self._sftps: dict[threading.Thread, paramiko.SFTPClient] = {}  # one per thread: see sftp()
         self._lock = threading.Lock()
         self._client = self._connect()
 
@@ -177,9 +177,9 @@ class SSHSession:
     def close(self) -> None:
         """Close SFTP and the connection (idempotent)."""
         with self._lock:
-            if self._sftp is not None:
-                self._sftp.close()
-                self._sftp = None
+            for client in self._sftps.values():
+                client.close()
+            self._sftps.clear()
         self._client.close()
 
     def __enter__(self) -> SSHSession:
@@ -191,97 +191,64 @@ class SSHSession:
     # ------------------------------------------------------------------ commands
 
     def run(self, argv: list[str], stdin: bytes | BinaryIO | None = None, stdout: BinaryIO | None = None,
-            check: bool = True) -> RunResult:
+            check: bool = True, label: str | None = None) -> RunResult:
         """Run ``argv`` on the remote host (quoted for its shell); stream stdout to ``stdout`` if given.
 
         ``stdin`` may be bytes or a binary file object (sent in chunks). With ``check``, a non-zero exit
-        raises ``ToolFailed`` with the command's own last error line.
+        raises ``ToolFailed`` with the command's own last error line. ``label``: the tool's name in messages
+        (default: ``argv[0]``'s, which names a wrapper when the tool runs through one).
         """
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise ConfigError("a remote command must be a non-empty list of strings")
-        command = shlex.join(argv)
-        try:
-            chan = self.transport.open_session()
-            chan.exec_command(command)
-        except paramiko.SSHException as exc:
-            raise ConnectionFailed(f"ssh {self.where}: cannot start {posixpath.basename(argv[0])}: {exc}") from None
-        errors: list[bytes] = []
-        failures: list[BaseException] = []
-
-        def pump_stderr() -> None:
-            try:
-                while data := chan.recv_stderr(CHUNK):
-                    errors.append(data)
-            except Exception as exc:  # noqa: BLE001 - reported below
-                failures.append(exc)
-
-        def feed_stdin() -> None:
-            try:
-                if isinstance(stdin, (bytes, bytearray, memoryview)):
-                    view = memoryview(stdin)
-                    for start in range(0, len(view), CHUNK):
-                        chan.sendall(view[start:start + CHUNK])
-                else:
-                    while data := stdin.read(CHUNK):
-                        chan.sendall(data)
-                chan.shutdown_write()
-            except OSError:
-                pass  # the remote command exited without reading everything; its status tells
-            except Exception as exc:  # noqa: BLE001 - reported below
-                failures.append(exc)
-
-        threads = [threading.Thread(target=pump_stderr, daemon=True)]
-        if stdin is not None:
-            threads.append(threading.Thread(target=feed_stdin, daemon=True))
-        else:
-            chan.shutdown_write()
-        for thread in threads:
-            thread.start()
+        command = _RemoteCommand(self, argv, stdin, label)
         out: list[bytes] = []
         try:
-            while data := chan.recv(CHUNK):
+            while data := command.chan.recv(CHUNK):
                 if stdout is not None:
                     stdout.write(data)
                 else:
                     out.append(data)
-            code = chan.recv_exit_status()
         except BaseException as exc:
-            chan.close()  # unblocks the helper threads at once
+            command.abort()
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise DiskFull(f"no space left writing the output of {posixpath.basename(argv[0])} from "
+                raise DiskFull(f"no space left writing the output of {command.tool} from "
                                f"{self.host}: free space or choose another target") from None
             raise
-        finally:
-            for thread in threads:
-                thread.join(timeout=self.timeout)
-            chan.close()
-        if failures:
-            raise ConnectionFailed(f"ssh {self.where}: connection broke during {posixpath.basename(argv[0])}: "
-                                   f"{failures[0]}")
-        err = b"".join(errors)
-        if check and code != 0:
-            tool = posixpath.basename(argv[0])
-            if code == 127:
-                raise ToolFailed(f"{tool}: command not found on {self.host}: install it or fix the environment's "
-                                 "command")
-            if code == -1:
-                raise ToolFailed(f"{tool} on {self.host} ended without an exit status (killed?): "
-                                 f"{tool_error_line(err)}")
-            raise ToolFailed(f"{tool} on {self.host} exited {code}: {tool_error_line(err)}")
+        code, err = command.finish(check)
         return RunResult(code, b"".join(out), err)
+
+    @contextmanager
+    def stream(self, argv: list[str], check: bool = True, label: str | None = None) -> Iterator[BinaryIO]:
+        """Run ``argv`` remotely and yield its stdout as a readable stream (``read(n)``, ``b""`` at the end):
+        a dump flows straight into its consumer, with no file on either side. Leaving the context checks
+        the exit status like :meth:`run`; a connection cut mid-way ends the stream early and then raises."""
+        command = _RemoteCommand(self, argv, None, label)
+        try:
+            yield _ChannelReader(command.chan)  # type: ignore[misc]
+        except BaseException:
+            command.abort()
+            raise
+        command.finish(check)
 
     # ------------------------------------------------------------------ files
 
     def sftp(self) -> paramiko.SFTPClient:
-        """The session's SFTP client, opened on first use."""
+        """This thread's SFTP client on the session, opened on first use.
+
+        One per thread because paramiko's SFTPClient is not safe for requests from several threads at once:
+        a thread waiting for its reply can read and drop another's, which then waits forever (the parallel
+        filestore copy hung that way). Clients of threads that ended are closed here, so the channels stay
+        within the server's MaxSessions."""
+        me = threading.current_thread()
         with self._lock:
-            if self._sftp is None:
+            for thread in [t for t in self._sftps if t is not me and not t.is_alive()]:
+                self._sftps.pop(thread).close()
+            client = self._sftps.get(me)
+            if client is None:
                 try:
-                    self._sftp = self._client.open_sftp()
+                    client = self._sftps[me] = self._client.open_sftp()
                 except paramiko.SSHException as exc:
                     raise ConnectionFailed(f"ssh {self.where}: SFTP unavailable: {exc}: enable the sftp "
                                            "subsystem in sshd_config") from None
-            return self._sftp
+            return client
 
     def _file_error(self, exc: OSError, path: str, what: str) -> OdoopsError:
         if exc.errno == errno.ENOENT:
@@ -368,6 +335,97 @@ class SSHSession:
             yield forwarder.port
         finally:
             forwarder.close()
+
+
+
+class _RemoteCommand:
+    """One remote command on its own channel: started at once, stderr drained (and stdin fed) by helper threads
+    so a chatty command never blocks, then ``finish()`` collects the exit status (or ``abort()`` stops it)."""
+
+    def __init__(self, session: SSHSession, argv: list[str], stdin: bytes | BinaryIO | None,
+                 label: str | None = None) -> None:
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise ConfigError("a remote command must be a non-empty list of strings")
+        self.session, self.argv = session, argv
+        self.tool = label or posixpath.basename(argv[0])
+        try:
+            self.chan = session.transport.open_session()
+            self.chan.exec_command(shlex.join(argv))
+        except paramiko.SSHException as exc:
+            raise ConnectionFailed(f"ssh {session.where}: cannot start {self.tool}: {exc}") from None
+        self.errors: list[bytes] = []
+        self.failures: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._pump_stderr, daemon=True)]
+        if stdin is not None:
+            self.threads.append(threading.Thread(target=self._feed_stdin, args=(stdin,), daemon=True))
+        else:
+            self.chan.shutdown_write()
+        for thread in self.threads:
+            thread.start()
+
+    def _pump_stderr(self) -> None:
+        try:
+            while data := self.chan.recv_stderr(CHUNK):
+                self.errors.append(data)
+        except Exception as exc:  # noqa: BLE001 - reported by finish()
+            self.failures.append(exc)
+
+    def _feed_stdin(self, stdin: bytes | BinaryIO) -> None:
+        try:
+            if isinstance(stdin, (bytes, bytearray, memoryview)):
+                view = memoryview(stdin)
+                for start in range(0, len(view), CHUNK):
+                    self.chan.sendall(view[start:start + CHUNK])
+            else:
+                while data := stdin.read(CHUNK):
+                    self.chan.sendall(data)
+            self.chan.shutdown_write()
+        except OSError:
+            pass  # the remote command exited without reading everything; its status tells
+        except Exception as exc:  # noqa: BLE001 - reported by finish()
+            self.failures.append(exc)
+
+    def _join(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=self.session.timeout)
+        self.chan.close()
+
+    def abort(self) -> None:
+        """Stop waiting for the command: closing the channel unblocks the helper threads at once."""
+        self.chan.close()
+        self._join()
+
+    def finish(self, check: bool) -> tuple[int, bytes]:
+        """(exit status, stderr) once stdout has been read to its end; with ``check`` a failure raises."""
+        try:
+            code = self.chan.recv_exit_status()
+        finally:
+            self._join()
+        where, host, tool = self.session.where, self.session.host, self.tool
+        if self.failures:
+            raise ConnectionFailed(f"ssh {where}: connection broke during {tool}: {self.failures[0]}")
+        err = b"".join(self.errors)
+        if check and code != 0:
+            if code == 127:
+                raise ToolFailed(f"{tool}: command not found on {host}: install it or fix the environment's "
+                                 "command")
+            if code == -1:
+                raise ToolFailed(f"{tool} on {host} ended without an exit status (killed, or the connection "
+                                 f"was cut): {tool_error_line(err)}")
+            raise ToolFailed(f"{tool} on {host} exited {code}: {tool_error_line(err)}")
+        return code, err
+
+
+class _ChannelReader:
+    """A remote command's stdout as a file-like ``read(n)``."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return b"".join(iter(lambda: self.chan.recv(CHUNK), b""))
+        return self.chan.recv(n)
 
 
 class _Forwarder:
@@ -469,9 +527,19 @@ class _Forwarder:
 
 
 def session_for(ssh: SSH, timeout: float = 10) -> SSHSession:
-    """An ``SSHSession`` from an inventory ``ssh:`` block."""
-    return SSHSession(host=ssh.host, port=ssh.port, user=ssh.user, key_file=ssh.key_file,
-                      known_hosts=ssh.known_hosts, timeout=timeout)
+    """An ``SSHSession`` from an inventory ``ssh:`` block.
+
+    A block with ``refused_fix`` (an Odoo.sh build, whose address changes at every rebuild) turns a refused
+    login or an unreachable host into that fix; a changed host key stays a refusal of its own."""
+    try:
+        return SSHSession(host=ssh.host, port=ssh.port, user=ssh.user, key_file=ssh.key_file,
+                          known_hosts=ssh.known_hosts, timeout=timeout)
+    except (AuthenticationFailed, ConnectionFailed) as exc:
+        if not ssh.refused_fix:
+            raise
+        what = "refused the login" if isinstance(exc, AuthenticationFailed) else "is unreachable"
+        where = f"{ssh.user + '@' if ssh.user else ''}{ssh.host}:{ssh.port}"
+        raise type(exc)(f"ssh {where} {what}: {ssh.refused_fix}") from None
 
 
 __all__ = ["HostKeyRejected", "RunResult", "SSHSession", "session_for"]

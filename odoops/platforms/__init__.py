@@ -2,8 +2,8 @@
 
 A flow asks a platform for the database's connection parameters, the filestore's files, the Odoo
 configuration, to run an Odoo command, to stop and start Odoo, for its logs and its health URL. It
-never asks how: ``host`` (Odoo on a machine, local or over SSH) and ``docker`` (Odoo in a container on
-a Docker engine) are implemented here; ``odoosh`` implements the same interface in a later release.
+never asks how: ``host`` (Odoo on a machine, local or over SSH), ``docker`` (Odoo in a container on
+a Docker engine) and ``odoosh`` (an Odoo.sh branch, through SSH into its current build) implement it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ def platform_for(env: Environment) -> Platform:
         from odoops.platforms.docker import DockerPlatform
 
         return DockerPlatform(env)
+    if env.platform == "odoosh":
+        from odoops.platforms.odoosh import OdooShPlatform
+
+        return OdooShPlatform(env)
     from odoops.errors import ConfigError
 
     raise ConfigError(f"environment {env.name}: platform {env.platform!r} is not implemented yet: "

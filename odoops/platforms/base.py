@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from odoops.errors import ConfigError
 from odoops.inventory import Environment
@@ -22,12 +22,24 @@ _LIBPQ_ENV = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "P
               "sslrootcert": "PGSSLROOTCERT", "connect_timeout": "PGCONNECT_TIMEOUT"}
 
 
+class RemoteTools(Protocol):
+    """Where PostgreSQL's client tools run when not on this machine (an Odoo.sh build): ``stream(argv)``
+    runs one there, with that machine's own connection settings, and yields its stdout; leaving the context
+    checks its exit status."""
+
+    def stream(self, argv: list[str]) -> AbstractContextManager[BinaryIO]: ...
+
+
 @dataclass(frozen=True)
 class ConnInfo:
-    """libpq parameters of one database; ``password`` is kept out of ``repr``."""
+    """libpq parameters of one database; ``password`` is kept out of ``repr``.
+
+    ``tools``: None runs pg_dump here against these parameters; an Odoo.sh build runs it in the build (its
+    disk is too small for a dump file, and its pg_dump matches its server) and streams the output."""
 
     params: dict[str, str]
     password: str | None = field(default=None, repr=False)
+    tools: RemoteTools | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_dsn(cls, dsn: str, password: str | None = None) -> ConnInfo:
@@ -149,6 +161,11 @@ class Platform(ABC):
 
         return nullcontext(self.conninfo())
 
+    def ensure_can(self, operation: str) -> None:  # noqa: B027
+        """Refuse (RefusedError) an operation this platform leaves to a person elsewhere, saying where: an
+        Odoo.sh build cannot ``restore`` over itself, ``create_database`` or ``drop_database``. The default allows
+        every operation."""
+
     # -- filestore
     @abstractmethod
     def filestore_exists(self) -> bool: ...
@@ -250,6 +267,11 @@ class Platform(ABC):
         ``tree`` is the whole repository at that commit, ``addons`` the folder of its modules within it.
         Host: a release folder; containers: an image built from ``tree`` with its Dockerfile."""
         raise ConfigError(f"environment {self.env.name}: platform {self.env.platform} cannot deploy releases")
+
+    def inspect_release(self, release: dict[str, str]) -> dict[str, Any]:
+        """What the code of ``release`` holds, touching nothing the environment runs: ``{"series": "18.0",
+        "modules": {name: manifest version}}`` for every module in its addons path (a major upgrade's preflight)."""
+        raise ConfigError(f"environment {self.env.name}: platform {self.env.platform} cannot inspect a target release")
 
     def release_from_image(self, image: str) -> dict[str, str]:
         """A release given as an existing image (tag or digest); container platforms only."""

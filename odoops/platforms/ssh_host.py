@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from odoops.errors import ConfigError, RefusedError
 from odoops.inventory import Environment
-from odoops.platforms.base import ConnInfo, FilestoreEntry, Platform
+from odoops.platforms.base import ConnInfo, FilestoreEntry, Platform, RemoteTools
 from tasks.ssh import SSHSession, session_for
 
 DEFAULT_DB_HOST = "127.0.0.1"
@@ -59,7 +59,12 @@ class SSHHostPlatform(Platform):
             raise ConfigError(f"environment {self.env.name}: database dsn port is not a number") from None
         params = {k: v for k, v in remote.params.items() if k not in ("host", "hostaddr", "port")}
         with self.session.forward(host, port) as local_port:
-            yield ConnInfo(params={**params, "host": "127.0.0.1", "port": str(local_port)}, password=remote.password)
+            yield ConnInfo(params={**params, "host": "127.0.0.1", "port": str(local_port)}, password=remote.password,
+                           tools=self.remote_tools())
+
+    def remote_tools(self) -> RemoteTools | None:
+        """Where pg_dump runs: here, through the tunnel (a subclass may run it on the remote machine)."""
+        return None
 
     # -- filestore
 

@@ -137,10 +137,9 @@ def _open_env_log(env: Any, path: str) -> Iterator[BinaryIO]:
         with open_source(path) as stream:
             yield stream
         return
-    from tasks.ssh import SSHSession
+    from tasks.ssh import session_for
 
-    with SSHSession(env.ssh.host, port=env.ssh.port, user=env.ssh.user, key_file=env.ssh.key_file,
-                    known_hosts=env.ssh.known_hosts) as session:
+    with session_for(env.ssh) as session:  # an Odoo.sh build's refused login names envs set-ssh
         handle = session.open(path)
         try:
             yield gzip.GzipFile(fileobj=handle) if path.endswith(".gz") else handle  # type: ignore[misc]
