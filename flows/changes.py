@@ -8,8 +8,11 @@ With Odoo stopped, inside one Prefect transaction:
 2. the code is switched to the new release (``Platform.switch_release``: the host's ``addons_link``
    re-pointed, a container's image);
 3. the modules are updated in a one-off ``odoo-bin -u … --stop-after-init`` with a time limit, its log
-   analysed (skipped when the release updates no module: a restart only);
-4. Odoo is started and verified: no module left half-way, ``/web/health``, a real login when configured.
+   analysed (skipped when the release updates no module: a restart only); the main tables (partners,
+   users, attachments, every table over ``health.rows_tables_over_mb``) must not have lost more rows than
+   ``health.rows_shrink_tolerance`` (0 by default: an update that deletes business data is a failure);
+4. Odoo is started and verified: no module left half-way, ``/web/health``, the server's series (the
+   target's, for a major upgrade), a real login when configured.
 
 Any failure rolls the transaction back: the ``on_rollback`` hook of step 1 (so the rollback is in the
 run's state history) stops Odoo, renames the snapshot into place, points the code back and starts
@@ -77,14 +80,19 @@ def approve(env: Environment, what: str, plan: str, timeout: float) -> None:
         raise RefusedError(f"the {what} of {env.name} was refused in the Prefect UI: nothing was changed")
 
 
-def verify_serving(env: Environment, target: ConnInfo) -> dict[str, Any]:
-    """What must hold after a change (and after a rollback): a list of problems, empty when serving."""
+def verify_serving(env: Environment, target: ConnInfo, expect_series: str | None = None) -> dict[str, Any]:
+    """What must hold after a change (and after a rollback): a list of problems, empty when serving.
+    ``expect_series``: a major upgrade's target, which the database's ``base`` and the server must be at."""
     checks: dict[str, Any] = {"problems": []}
     with connect(target) as conn:
         states = odoo.module_states(conn)
     transient = {n: s for n, (s, _) in states.items() if s in odoo.TRANSIENT_STATES}
     if transient:
         checks["problems"].append(f"modules left half-way: {transient}")
+    checks["series"] = odoo.series_of(states)
+    if expect_series and checks["series"] != expect_series:
+        checks["problems"].append(f"the database's base module is at {checks['series']} after the upgrade, not "
+                                  f"{expect_series}: the upgrade command did not upgrade it")
     if env.url:
         within = thresholds_for(env).within_seconds
         deadline = time.monotonic() + within
@@ -101,6 +109,8 @@ def verify_serving(env: Environment, target: ConnInfo) -> dict[str, Any]:
                 checks["version"] = str(info.get("server_version"))
                 if str(info.get("server_serie")) != odoo.series_of(states):
                     checks["problems"].append(f"Odoo {checks['version']} serves a {odoo.series_of(states)} database")
+                elif expect_series and str(info.get("server_serie")) != expect_series:
+                    checks["problems"].append(f"Odoo {checks['version']} serves, not the target {expect_series}")
             except (OSError, ValueError, xmlrpc.client.Error) as exc:
                 checks["problems"].append(f"Odoo does not say its version ({exc})")
             login = login_check(env, thresholds_for(env), env.url)
@@ -129,6 +139,8 @@ class Change:
     rollback_checks: dict[str, Any] | None = None
     failure: str | None = None
     downtime: float | None = None
+    expect_series: str | None = None  # a major upgrade: the series Odoo and the database must be at afterwards
+    rows: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # main tables: rows before, after
 
     @property
     def outcome(self) -> str:
@@ -190,10 +202,30 @@ def run_update(platform: Platform, target: ConnInfo, snap: snapshot.Snapshot, mo
     return run
 
 
+@task(name="count-rows", cache_policy=NO_CACHE)
+def count_rows(env: Environment, target: ConnInfo) -> dict[str, int]:
+    with connect(target) as conn:
+        return odoo.main_row_counts(conn, thresholds_for(env).rows_tables_over_mb)
+
+
+@task(name="check-rows", cache_policy=NO_CACHE)
+def check_rows(env: Environment, target: ConnInfo, before: dict[str, int]) -> dict[str, tuple[int, int | None]]:
+    """The update may not have deleted business data: the main tables' rows against their count before."""
+    with connect(target) as conn:
+        after = odoo.main_row_counts(conn, thresholds_for(env).rows_tables_over_mb)
+    lost = odoo.rows_lost(before, after, thresholds_for(env).rows_shrink_tolerance)
+    if lost:
+        raise ChangeFailed(f"the update deleted rows: {lost[0]}" + (f" (and {len(lost) - 1} more tables)"
+                                                                    if len(lost) > 1 else "")
+                           + "; allow it with health.rows_shrink_tolerance if that is intended")
+    return {table: (was, after.get(table)) for table, was in before.items()}
+
+
 @task(name="start-and-verify", cache_policy=NO_CACHE)
-def start_and_verify(platform: Platform, env: Environment, target: ConnInfo) -> dict[str, Any]:
+def start_and_verify(platform: Platform, env: Environment, target: ConnInfo,
+                     expect_series: str | None = None) -> dict[str, Any]:
     platform.start()
-    checks = verify_serving(env, target)
+    checks = verify_serving(env, target, expect_series)
     if checks["problems"]:
         raise ChangeFailed(f"verification failed after the change: {checks['problems'][0]}")
     return checks
@@ -215,6 +247,7 @@ def apply(env: Environment, platform: Platform, target: ConnInfo, change: Change
         with transaction() as txn:
             txn.set("token", token)
             if change.updates:
+                rows_before = count_rows(env, target)
                 snap = take_snapshot(target, env, platform, change.reason)
                 rollback["snapshot"], change.snapshot = snap, snap.database
                 change.phases["snapshot"] = time.monotonic() - clock
@@ -230,8 +263,9 @@ def apply(env: Environment, platform: Platform, target: ConnInfo, change: Change
             if snap is not None:
                 run = run_update(platform, target, snap, change.modules, change.timeout, change.logfile, change.command)
                 change.errors, change.phases["update"] = run.errors, run.seconds
+                change.rows = check_rows(env, target, rows_before)
             clock = time.monotonic()
-            change.checks = start_and_verify(platform, env, target)
+            change.checks = start_and_verify(platform, env, target, change.expect_series)
             change.phases["start and verify"] = time.monotonic() - clock
             change.downtime = time.monotonic() - stopped_at
     except Exception as exc:  # noqa: BLE001 - every failure is reported with the rollback's outcome

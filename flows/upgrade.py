@@ -1,19 +1,21 @@
-"""Upgrade runbook: a module update run with automatic rollback to the exact previous state.
+"""Upgrade runbook: a module update run, or a major version upgrade, with automatic rollback to the exact
+previous state.
 
-1. Resolve the environment; it must name ``odoo_bin``, ``stop_command`` and ``start_command`` (odoops
-   stops Odoo for the update and for a rollback); production must be confirmed by name.
+1. Resolve the environment; the platform must be able to stop and start Odoo (``host``: ``odoo_bin``,
+   ``stop_command``, ``start_command``; ``docker``: nothing more); production must be confirmed or approved.
 2. Take the environment's slot; refuse while an interrupted upgrade waits for ``--resume-rollback``.
 3. Preflight, touching nothing: the modules exist and are installed, no module is half-way through an
-   install, update or removal.
-4. Production: a fresh backup, verified.
-5. Stop Odoo, then inside one Prefect transaction: snapshot (database FILE_COPY + filestore hard links,
-   tasks/snapshot.py), the code switched to the new release folder when one is given (``addons_link``), the
-   update in a one-off ``odoo-bin -u … --stop-after-init`` with a time limit, its
-   log analysed, Odoo started, verification (no module left in a transient state, ``/web/health``, a
-   real login when ``health.login`` is configured).
+   install, update or removal; new code (a host's release folder, a container image) holds the modules at
+   the database's series; for ``--to SERIES`` the target (image, or Odoo tree via ``odoo_link``) reports
+   SERIES and holds every installed module, custom manifests at SERIES (``Platform.inspect_release``).
+4. Production: a fresh backup, verified, then the approval (with the last rehearsal's verdict).
+5. ``flows.changes.apply``: with Odoo stopped, in one Prefect transaction — snapshot, code switched, the
+   upgrade command with its time limit and its log analysed, the main tables' rows checked, Odoo started
+   and verified (no module half-way, ``/web/health``, the target series, a real login when configured).
 6. Any failure rolls the transaction back: the snapshot's ``on_rollback`` hook stops Odoo, renames the
-   snapshot into place and starts Odoo; the environment is verified again; both results are reported.
-7. Success keeps the snapshot (the two newest) for a later manual rollback. Artifacts and an audit record.
+   snapshot into place, switches the code back and starts Odoo; verified again; both results reported.
+7. Success keeps the snapshot (the two newest) for a later manual rollback. Artifacts, release history and
+   an audit record.
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ def _plan(inv, env, modules: list[str] | None, code: str | None, backup_id: str)
                       f"Last rehearsal: {seen}"])
 
 
+def _describe(release: dict[str, str] | None, to_series: str | None) -> str | None:
+    if release is None:
+        return f"the current code, to {to_series}" if to_series else None
+    what = release.get("tag") or ", ".join(f"{k} {v}" for k, v in release.items())
+    return f"{what} (Odoo {to_series})" if to_series else what
+
+
 def _markdown(env, result: dict[str, Any]) -> str:
     lines = [f"# Upgrade of {env.name}: {result['outcome']}", "", f"Modules: {result['modules'] or 'all'}  ",
              f"Snapshot: `{result['snapshot']}`  ", f"Update log: `{result['log']}`", "",
@@ -97,23 +106,71 @@ def _markdown(env, result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def target_release(env, platform, code: str | None, odoo_tree: str | None, image: str | None) -> dict[str, str] | None:
+    """The code to upgrade to: a host's addons release folder and/or Odoo tree, or a container image."""
+    if image is not None:
+        if code is not None or odoo_tree is not None:
+            raise ConfigError("--image is the whole target of a container: do not add --code or --odoo")
+        return platform.release_from_image(image)
+    if code is None and odoo_tree is None:
+        return None
+    if not env.addons_link:
+        raise ConfigError(f"environment {env.name}: --code and --odoo need addons_link in the inventory (the link "
+                          "its addons_path names, which odoops points at the new release folder): add it")
+    if odoo_tree is not None and not env.odoo_link:
+        raise ConfigError(f"environment {env.name}: --odoo needs odoo_link in the inventory (the link odoo_bin and the "
+                          "service run Odoo through, which odoops points at the new tree): add it")
+    release = {"path": code or platform.running_release()["path"]}
+    if odoo_tree is not None:
+        release["odoo"] = odoo_tree
+    return release
+
+
+def check_target(env, platform, release: dict[str, str] | None, states, modules: list[str] | None,
+                 to_series: str | None) -> None:
+    """Preflight of the new code, touching nothing: a major upgrade's target (series, every installed module,
+    their manifests' series); a module update's modules at the database's series in it."""
+    if to_series is not None:
+        target = platform.inspect_release(release or platform.running_release())
+        problems = odoo.major_upgrade_problems(to_series, states, target)
+    elif release is not None and "image" in release:
+        target, series = platform.inspect_release(release), odoo.series_of(states)
+        problems = [f"module {m} is not in image {release['tag']}: an update needs every module it updates"
+                    for m in modules or [] if m not in target["modules"]]
+        problems += [f"module {m} is version {target['modules'][m]} in image {release['tag']}, not a {series} "
+                     f"version: this database runs Odoo {series}" for m in modules or []
+                     if m in target["modules"] and target["modules"][m].count(".") >= 4
+                     and not target["modules"][m].startswith(f"{series}.")]
+    else:
+        if release is not None:
+            releases.check_release(Path(release["path"]), modules or [], odoo.series_of(states))
+            releases.current_release(Path(env.addons_link))
+        return
+    if problems:
+        raise RefusedError(f"{env.name} cannot be upgraded: {problems[0]}" +
+                           (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
 @flow(name="upgrade", flow_run_name=run_name("upgrade/{environment}/{modules}"))
 def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules: bool = False,
                  code: str | None = None, command: str | None = None, timeout_seconds: float = 1800,
                  confirm: str | None = None,
                  resume_rollback: bool = False, approval_timeout_seconds: float = 3600,
+                 to_series: str | None = None, image: str | None = None, odoo_tree: str | None = None,
                  inventory: str | None = None) -> dict[str, Any]:
-    """Update MODULES (or all) of ENVIRONMENT, with its current code or the release folder CODE (pointed at by
-    the environment's addons_link); any failure puts back the exact previous state, code included.
-    Production: CONFIRM is its name, else the run waits for an approval showing the last rehearsal."""
+    """Update MODULES (or all) of ENVIRONMENT, with its current code or new code: the release folder CODE
+    (pointed at by addons_link), an Odoo tree ODOO_TREE (odoo_link) or a container IMAGE; TO_SERIES makes it a
+    major version upgrade (every module, the target checked first). Any failure puts back the exact previous
+    state, code included. Production: CONFIRM is its name, else the run waits for an approval."""
     parameters = {"environment": environment, "modules": modules, "all_modules": all_modules, "code": code,
-                  "command": command,
+                  "command": command, "to_series": to_series, "image": image, "odoo_tree": odoo_tree,
                   "timeout_seconds": timeout_seconds, "confirm": confirm, "resume_rollback": resume_rollback}
     inv, env = resolve(environment, inventory)
     requirements(env)
-    if code is not None and not env.addons_link:
-        raise ConfigError(f"environment {env.name}: --code needs addons_link in the inventory (the link its "
-                          "addons_path names, which odoops points at the new release folder): add it")
+    if to_series is not None:
+        if modules:
+            raise ConfigError("--to upgrades every module: drop --modules")
+        all_modules = True
     if not resume_rollback and bool(modules) == all_modules:
         raise ConfigError("name the modules to update (--modules a,b) or update them all (--all), not both")
     method = upgrade_command(env, command)
@@ -139,9 +196,8 @@ def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules
             if problems:
                 raise RefusedError(f"{env.name} cannot be updated: {problems[0]}" +
                                    (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-            if code is not None:
-                releases.check_release(Path(code), modules or [], odoo.series_of(before))
-                releases.current_release(Path(env.addons_link))
+            release = target_release(env, platform, code, odoo_tree, image)
+            check_target(env, platform, release, before, modules, to_series)
             if env.is_production:
                 from flows.backup import backup_flow
                 from flows.verify import verify_flow
@@ -152,12 +208,14 @@ def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules
                 result["backup_id"] = backup_id
                 result["phases"]["backup"] = time.monotonic() - clock
                 if confirm != env.name:
-                    changes.approve(env, "upgrade", _plan(inv, env, modules, code, backup_id), approval_timeout_seconds)
+                    changes.approve(env, "upgrade", _plan(inv, env, modules, _describe(release, to_series), backup_id),
+                                    approval_timeout_seconds)
             logfile = Path(tempfile.mkdtemp(prefix=f"odoops-upgrade-{env.name}-")) / "update.log"
             change = changes.apply(env, platform, target, changes.Change(
-                runbook="upgrade", reason=f"upgrade -u {','.join(modules) if modules else 'all'}", modules=modules,
-                release={"path": code} if code is not None else None, logfile=logfile, command=method,
-                timeout=(method.timeout if method and method.timeout else timeout_seconds)))
+                runbook="upgrade", reason=f"upgrade -u {','.join(modules) if modules else 'all'}"
+                + (f" to {to_series}" if to_series else ""), modules=modules, release=release, logfile=logfile,
+                command=method, timeout=(method.timeout if method and method.timeout else timeout_seconds),
+                expect_series=to_series))
             with connect(target) as conn:
                 after = odoo.module_states(conn)
             names = modules or [n for n, (s, _) in before.items() if s == "installed"]
@@ -166,9 +224,9 @@ def upgrade_flow(environment: str, modules: list[str] | None = None, all_modules
                           versions={m: (before[m][1], after.get(m, (None, None))[1]) for m in names})
             if change.failure:
                 result.update(failure=change.failure, rollback_checks=change.rollback_checks)
-            if code is not None:  # new code: the environment's release history says what runs now
+            if release is not None:  # new code: the environment's release history says what runs now
                 release_history.record_release(
-                    inv, env, action="upgrade", release={"commit": None, "path": code},
+                    inv, env, action="upgrade", release={"commit": None, **release},
                     previous={"commit": None, **(change.previous_release or {})}, outcome=change.outcome,
                     backup_id=result.get("backup_id"), snapshot=change.snapshot, modules_updated=modules or ["all"],
                     details={"failure": change.failure})

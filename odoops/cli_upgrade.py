@@ -15,6 +15,13 @@ def register(app: typer.Typer) -> None:
                 all_modules: Annotated[bool, typer.Option("--all", help="Update every module (-u all).")] = False,
                 code: Annotated[str | None, typer.Option("--code", metavar="DIR", help="The new release folder: "
                                 "the environment's addons_link is pointed at it, and back on rollback.")] = None,
+                to_series: Annotated[str | None, typer.Option("--to", metavar="SERIES", help="A major version "
+                                     "upgrade to SERIES (e.g. 18.0): every module, with --image (docker) or --odoo "
+                                     "(host) as the target, checked before anything is touched.")] = None,
+                image: Annotated[str | None, typer.Option("--image", metavar="IMAGE", help="Docker: the image to "
+                                 "upgrade to (tag or id, already on the engine).")] = None,
+                odoo_tree: Annotated[str | None, typer.Option("--odoo", metavar="DIR", help="Host: the Odoo source "
+                                     "tree to upgrade to; the inventory's odoo_link is pointed at it.")] = None,
                 command: Annotated[str | None, typer.Option("--command", metavar="NAME", help="How to upgrade: "
                                    "update (odoo-bin -u, the default), or a command of the environment's "
                                    "upgrade_commands (openupgrade, a script), each with its time limit.")] = None,
@@ -31,6 +38,10 @@ def register(app: typer.Typer) -> None:
         import json
 
         names = [m.strip() for m in modules.split(",") if m.strip()] if modules else None
+        if to_series is not None:
+            if names:
+                fail("--to upgrades every module: drop --modules")
+            all_modules = True
         if not resume_rollback and bool(names) == all_modules:
             fail("name the modules to update (--modules a,b) or update them all (--all)")
         if rehearse:
@@ -38,7 +49,7 @@ def register(app: typer.Typer) -> None:
                 from flows.upgrade_rehearsal import rehearse_upgrade_flow
 
                 result = rehearse_upgrade_flow(environment, modules=names, all_modules=all_modules, code=code,
-                                               command=command,
+                                               command=command, to_series=to_series, image=image,
                                                timeout_seconds=timeout, keep=keep, inventory=inventory)
             if as_json:
                 print(json.dumps(result, indent=1, default=str))
@@ -59,7 +70,7 @@ def register(app: typer.Typer) -> None:
             from flows.upgrade import upgrade_flow
 
             result = upgrade_flow(environment, modules=names, all_modules=all_modules, code=code, command=command,
-                                  timeout_seconds=timeout,
+                                  to_series=to_series, image=image, odoo_tree=odoo_tree, timeout_seconds=timeout,
                                   confirm=confirm, resume_rollback=resume_rollback, inventory=inventory)
         if as_json:
             print(json.dumps(result, indent=1, default=str))

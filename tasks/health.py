@@ -89,6 +89,8 @@ class Thresholds:
     database_size_warn_gb: float | None = None
     filestore_size_warn_gb: float | None = None
     within_seconds: float = 120  # after a change (deploy, upgrade, rollback) Odoo must answer /web/health within this
+    rows_shrink_tolerance: float = 0.0  # after an update the main tables may lose at most this ratio of rows
+    rows_tables_over_mb: float = 100  # besides partners, users and attachments: every table over this
     container_cpu_warn: float = 0.9
     container_memory_warn: float = 0.9
     expected_version: str | None = None
@@ -119,7 +121,7 @@ class Thresholds:
                 raise ConfigError(f"inventory: {where}.{key}: expected a number >= 0, got {value!r}; "
                                   f"write e.g. {key}: {default if default is not None else 10}")
             if key in ("connections_warn", "connections_critical", "dead_tuple_ratio", "container_cpu_warn",
-                       "container_memory_warn") and value > 1:
+                       "container_memory_warn", "rows_shrink_tolerance") and value > 1:
                 raise ConfigError(f"inventory: {where}.{key}: {value} is a ratio and must be <= 1; "
                                   f"write e.g. {key}: {default}")
             values[key] = int(value) if key == "dead_tuple_min" else float(value)

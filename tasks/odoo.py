@@ -328,6 +328,45 @@ def series_of(states: dict[str, tuple[str, str | None]]) -> str:
     return ".".join((states.get("base", (None, "0.0"))[1] or "0.0").split(".")[:2])
 
 
+# The tables an upgrade must not lose rows of: what a business cannot do without. Web asset bundles are
+# attachments too, and an update deletes and regenerates them: they are not counted.
+MAIN_TABLES = {
+    "res_partner": "SELECT count(*) FROM res_partner",
+    "res_users": "SELECT count(*) FROM res_users",
+    "ir_attachment": "SELECT count(*) FROM ir_attachment WHERE url IS NULL OR url NOT LIKE '/web/assets/%'",
+}
+# Tables that empty themselves as a matter of course (notifications, queued mail, logs, sessions).
+CHURNING_TABLES = {"bus_bus", "bus_presence", "mail_mail", "ir_logging", "ir_cron_trigger", "ir_cron_progress",
+                   "ir_sessions", "auth_totp_rate_limit_log", "res_users_log"}
+
+
+def main_row_counts(conn: psycopg.Connection, tables_over_mb: float) -> dict[str, int]:
+    """Row counts of the main tables and of every other table over ``tables_over_mb`` (exact counts: a
+    change is judged on them, and the database is not serving while they are taken)."""
+    from psycopg import sql
+
+    big = [name for (name,) in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind = 'r' AND pg_total_relation_size(c.oid) > %s ORDER BY 1",
+        (tables_over_mb * 1e6,)) if name not in MAIN_TABLES and name not in CHURNING_TABLES]
+    counts = {table: conn.execute(query).fetchone()[0] for table, query in MAIN_TABLES.items()
+              if conn.execute("SELECT to_regclass(%s)", (f"public.{table}",)).fetchone()[0] is not None}
+    for table in big:
+        counts[table] = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+    return counts
+
+
+def rows_lost(before: dict[str, int], after: dict[str, int], tolerance: float) -> list[str]:
+    """The tables whose rows shrank by more than ``tolerance`` (a ratio), one line each; a table gone counts."""
+    lost = []
+    for table, was in sorted(before.items()):
+        now = after.get(table, 0)
+        if was and (was - now) / was > tolerance:
+            lost.append(f"{table} went from {was} to {now} rows ({(now - was) / was:+.1%}, tolerance "
+                        f"{-tolerance:.1%})")
+    return lost
+
+
 def check_update_request(conn: psycopg.Connection, modules: list[str] | None) -> list[str]:
     """What blocks a module update run, one line each (empty: go). ``None`` means every module (-u all)."""
     states = module_states(conn)
@@ -339,6 +378,69 @@ def check_update_request(conn: psycopg.Connection, modules: list[str] | None) ->
         elif states[name][0] != "installed":
             problems.append(f"module {name} is '{states[name][0]}', not installed: an update run only updates "
                             "installed modules (install it from Apps, or with odoo-bin -i)")
+    return problems
+
+
+# What a container image's Odoo holds, asked of the image itself (a one-off: its Python, its odoo-bin, the
+# environment's config): argv[1] odoo-bin, argv[2] the config file. Manifests are read, never imported.
+INSPECT_ODOO = """
+import ast, json, os, shutil, sys
+tree = os.path.dirname(os.path.realpath(shutil.which(sys.argv[1]) or sys.argv[1]))
+sys.path.insert(0, tree)
+import odoo.release
+from odoo.tools import config
+config._parse_config(['-c', sys.argv[2]] if os.path.isfile(sys.argv[2]) else [])
+paths = [p.strip() for p in config['addons_path'].split(',') if p.strip()]
+paths += [os.path.join(tree, 'odoo', 'addons'), os.path.join(tree, 'addons')]
+found = {}
+for path in paths:
+    for name in sorted(os.listdir(path)) if os.path.isdir(path) else []:
+        manifest = os.path.join(path, name, '__manifest__.py')
+        if name not in found and os.path.isfile(manifest):
+            try:
+                found[name] = str(ast.literal_eval(open(manifest).read()).get('version', ''))
+            except Exception:
+                found[name] = ''
+print('ODOOPS-INSPECT ' + json.dumps({'series': odoo.release.serie, 'modules': found}))
+"""
+
+
+def parse_inspection(output: str) -> dict[str, object]:
+    """The one line INSPECT_ODOO prints, among whatever the image's entrypoint printed before it."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("ODOOPS-INSPECT "):
+            return json.loads(line.removeprefix("ODOOPS-INSPECT "))
+    raise ValueError("no ODOOPS-INSPECT line")
+
+
+def _series_key(series: str) -> tuple[int, int]:
+    major, _, minor = series.removeprefix("saas~").partition(".")
+    return int(major or 0), int(minor or 0)
+
+
+def major_upgrade_problems(to_series: str, states: dict[str, tuple[str, str | None]],
+                           target: dict[str, object]) -> list[str]:
+    """What makes the target of ``--to SERIES`` unfit, one line each (empty: go): the series it reports, every
+    installed module present in its addons path, each series-numbered manifest at the target series."""
+    problems: list[str] = []
+    current = series_of(states)
+    if target["series"] != to_series:
+        problems.append(f"the target reports Odoo {target['series']}, not {to_series}: name an image or Odoo tree "
+                        f"of {to_series}")
+    if _series_key(current) >= _series_key(to_series):
+        problems.append(f"the database already runs Odoo {current}: --to {to_series} is not an upgrade")
+    available: dict[str, str] = target["modules"]  # type: ignore[assignment]
+    installed = sorted(n for n, (s, _) in states.items() if s in ("installed", "to upgrade"))
+    missing = [n for n in installed if n not in available]
+    if missing:
+        problems.append(f"installed module{'s' if len(missing) > 1 else ''} {', '.join(missing[:10])}"
+                        f"{' …' if len(missing) > 10 else ''} not in the target's addons path: add "
+                        f"{'them' if len(missing) > 1 else 'it'} (ported to {to_series}) or uninstall first")
+    for name in installed:
+        version = available.get(name) or ""
+        if version.count(".") >= 4 and not version.startswith(f"{to_series}."):
+            problems.append(f"module {name} is version {version} in the target, not a {to_series} version "
+                            f"({to_series}.x.y.z): port it to {to_series}")
     return problems
 
 

@@ -148,3 +148,44 @@ def modules_to_update(new: dict[str, str], installed: dict[str, tuple[str, str |
         touched = {path.split("/", 1)[0] for path in (changed or []) if "/" in path}
         return sorted(ours & touched), fresh
     return sorted(m for m in ours if full_version(new[m], series) != (installed[m][1] or "")), fresh
+
+
+# ---------------------------------------------------------------- a major upgrade's target
+
+def tree_series(tree: Path) -> str:
+    """The series (``17.0``) of the Odoo source tree ``tree``, read from its ``odoo/release.py`` (never run)."""
+    release = tree / "odoo" / "release.py"
+    if not release.is_file():
+        raise RefusedError(f"{tree} is not an Odoo tree (no odoo/release.py): name the folder holding odoo-bin")
+    for node in ast.walk(ast.parse(release.read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "version_info" for t in node.targets):
+            major, minor = (ast.literal_eval(e) for e in node.value.elts[:2])  # (17, 0, 0, FINAL, 0, '')
+            return f"{major}.{minor}"
+    raise RefusedError(f"{release} names no version_info: is {tree} an Odoo tree?")
+
+
+def available_modules(addons_paths: list[Path]) -> dict[str, str]:
+    """Every module in ``addons_paths`` (the first folder that has it wins, as in Odoo) and its manifest version."""
+    found: dict[str, str] = {}
+    for folder in addons_paths:
+        if folder.is_dir():
+            for name, version in manifests(folder).items():
+                found.setdefault(name, version)
+    return found
+
+
+def addons_paths(config: Path, replace: dict[str, str]) -> list[Path]:
+    """The config's ``addons_path`` entries, each prefix in ``replace`` (a link) swapped for its target."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config)
+    entries = [e.strip() for e in parser.get("options", "addons_path", fallback="").split(",") if e.strip()]
+    swapped = []
+    for entry in entries:
+        for link, target in replace.items():
+            if entry == link or entry.startswith(link.rstrip("/") + "/"):
+                entry = target + entry[len(link.rstrip("/")):]
+                break
+        swapped.append(Path(entry))
+    return swapped

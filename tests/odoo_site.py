@@ -26,7 +26,8 @@ VIEW = """<odoo><record id="view_partner_form_acme" model="ir.ui.view">
 
 
 def write_addon(addons: Path, version: str, *, tier: bool = False, bad_view: bool = False, hook_raises: bool = False,
-                hangs: bool = False, import_error: bool = False, note: str = "") -> None:
+                hangs: bool = False, import_error: bool = False, note: str = "", migration_raises: bool = False,
+                deletes_partners: bool = False) -> None:
     """The custom addon ``acme_custom`` at ``version``; each flag breaks it the way real addons break."""
     module = addons / "acme_custom"
     if module.exists():
@@ -47,10 +48,17 @@ def write_addon(addons: Path, version: str, *, tier: bool = False, bad_view: boo
     if bad_view:
         view_fields += '<field name="no_such_field"/>'
     (module / "views.xml").write_text(VIEW.format(fields=view_fields))
-    if hangs:
-        migration = module / "migrations" / version
-        migration.mkdir(parents=True)
-        (migration / "pre-migrate.py").write_text("import time\n\n\ndef migrate(cr, version):\n    time.sleep(3600)\n")
+    migration = module / "migrations" / version
+    scripts = {"pre-migrate.py": "import time\n\n\ndef migrate(cr, version):\n    time.sleep(3600)\n" if hangs else None,
+               "post-migrate.py": ("def migrate(cr, version):\n    raise RuntimeError('acme migration broken')\n"
+                                   if migration_raises else
+                                   "def migrate(cr, version):  # 'merges duplicates' by deleting them\n"
+                                   "    cr.execute(\"DELETE FROM res_partner WHERE name LIKE 'ACME duplicate%'\")\n"
+                                   if deletes_partners else None)}
+    for name, script in scripts.items():
+        if script:
+            migration.mkdir(parents=True, exist_ok=True)
+            (migration / name).write_text(script)
 
 
 def column_exists(cluster, dbname: str, column: str) -> bool:

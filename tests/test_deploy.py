@@ -266,7 +266,6 @@ def test_a_killed_deploy_is_found_and_resume_rollback_puts_the_state_back(site, 
     before = site.state()
     site.addons.commit("17.0.1.1.0", "acme_custom: hangs", tier=True, hangs=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
     cli = [sys.executable, "-m", "odoops"]
     log = open(tmp_path / "killed.log", "wb")
     proc = subprocess.Popen([*cli, "deploy", "staging", "--ref", "main", "-i", str(site.inventory)],

@@ -15,6 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from odoops.errors import RefusedError
@@ -339,7 +340,6 @@ def test_a_killed_deploy_is_found_and_resume_rollback_puts_the_state_back(site, 
     before, records_before = site.state(), len(site.records())
     site.repo.commit("17.0.1.1.0", "acme_custom: hangs", tier=True, hangs=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
     cli, root = [sys.executable, "-m", "odoops"], Path(__file__).resolve().parent.parent
     log = open(tmp_path / "killed.log", "wb")
     proc = subprocess.Popen([*cli, "deploy", ENV, "--ref", "main", "-i", str(site.inventory)], cwd=root, env=env,
@@ -369,3 +369,97 @@ def test_a_killed_deploy_is_found_and_resume_rollback_puts_the_state_back(site, 
     assert not any(s.state == "in-progress" for s in snapshot.snapshots(server, ENV))
     assert [r["outcome"] for r in site.records()[records_before:]] == ["in-progress", "rolled back (resumed)"]
     site.repo.commit("17.0.1.0.0", "acme_custom 1.0 again")
+
+
+# ---------------------------------------------------------------- upgrades on docker (flows/upgrade.py)
+
+
+def claims_18(site: DockerSite, base: str, ported: bool) -> str:
+    """The stand-in "Odoo 18.0" image (tests/standin/claims18.Dockerfile) built on ``base``."""
+    tag = f"odoops-test-standin-{site.odoo.name}:claims18-{'ported' if ported else 'plain'}-{base[-6:]}"
+    site.engine.client.images.build(path=str(STANDIN), dockerfile="claims18.Dockerfile", tag=tag, rm=True,
+                                    buildargs={"BASE": base, **({"PORTED": "1"} if ported else {})})
+    return tag
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_major_upgrade_is_checked_before_anything_is_touched(site):
+    """--to SERIES: the target image must exist, report SERIES and hold every installed module at SERIES; each
+    refusal is one line and nothing (container, database, volume, release history) is touched."""
+    from flows.upgrade import upgrade_flow
+
+    server = ConnInfo.from_dsn(site.cluster.dsn())
+    before, container_id, records = site.state(), site.container.id, site.records()
+    snapshots_before = snapshot.snapshots(server, ENV)
+    refusals = {
+        "no-such-image:18.0": "image no-such-image:18.0 not found on",
+        site.odoo_tag: "the target reports Odoo 17.0, not 18.0",  # the plain 17.0 image
+        claims_18(site, site.odoo_tag, ported=False): "installed module acme_custom not in the target's addons path",
+        claims_18(site, site.first_image.id, ported=False): "module acme_custom is version 17.0.1.0.0 in the target, "
+                                                            "not a 18.0 version",
+    }
+    for image, refusal in refusals.items():
+        with pytest.raises(RefusedError) as info:
+            upgrade_flow(ENV, to_series="18.0", image=image, inventory=str(site.inventory))
+        assert refusal in str(info.value), str(info.value)
+    assert site.state() == before and site.container.id == container_id and site.records() == records
+    assert site.one_offs() == [] and snapshot.snapshots(server, ENV) == snapshots_before, "no snapshot taken"
+    assert_on_first_release(site)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_major_upgrade_that_does_not_reach_the_target_is_rolled_back(site, tmp_path):
+    """A target that passes the preflight but whose upgrade command leaves the database at 17.0 (here a command
+    that does nothing): the new image serves a 17.0 database, verification fails, the exact previous state and
+    the previous image come back by themselves."""
+    import yaml
+
+    from flows.upgrade import UpgradeFailed, upgrade_flow
+
+    data = yaml.safe_load(site.inventory.read_text())
+    data["environments"][ENV]["upgrade_commands"] = {"noop": {"kind": "script", "argv": ["true"], "timeout": 60}}
+    inventory = tmp_path / "noop.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+    target = claims_18(site, site.first_image.id, ported=True)
+    before, container_before = site.state(), site.container
+    with pytest.raises(UpgradeFailed) as info:
+        upgrade_flow(ENV, to_series="18.0", image=target, command="noop", inventory=str(inventory))
+    message = str(info.value)
+    assert "base module is at 17.0 after the upgrade, not 18.0" in message, message
+    assert "rolled back to the exact previous state, and serves again" in message, message
+    assert site.container.id != container_before.id, "the previous image serves again in a new container"
+    after = site.state()
+    changed = sorted(t for t in set(before[0]) | set(after[0]) if before[0].get(t) != after[0].get(t))
+    # the verification after the rollback logs in for real, and Odoo logs that login: the only write since
+    assert changed in ([], ["public.res_users_log"]) and after[1] == before[1], changed
+    assert_on_first_release(site)
+    assert site.one_offs() == [] and site.leftovers() == []
+    last = site.records()[-1]
+    assert last["action"] == "upgrade" and last["outcome"] == "rolled back" and last["release"]["tag"] == target
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_rehearsal_in_a_container_reports_and_never_touches_the_environment(site, tmp_path):
+    """The rehearsal restores a neutralized copy beside the environment (database, and filestore in the data
+    volume), runs the update in a one-off of the new image, reports Odoo's real error, and drops the copy."""
+    from flows.upgrade_rehearsal import rehearse_upgrade_flow
+    from tests.odoo_site import write_addon
+
+    write_addon(tmp_path / "v2", "17.0.1.1.0", tier=True, bad_view=True)
+    (tmp_path / "v2" / "Dockerfile").write_text(f"FROM {site.first_image.id}\nCOPY acme_custom {EXTRA_ADDONS}/acme_custom\n")
+    tag = f"odoops-test-standin-{site.odoo.name}:bad-view"
+    site.engine.client.images.build(path=str(tmp_path / "v2"), tag=tag, rm=True)
+    before, container_id = site.state(), site.container.id
+    result = rehearse_upgrade_flow(ENV, modules=["acme_custom"], image=tag, inventory=str(site.inventory))
+    assert result["verdict"].startswith("would fail: odoo-bin exited"), result["verdict"]
+    assert any("ParseError" in e["signature"] for e in result["errors"]), result["errors"]
+    assert result["modules_after"]["acme_custom"]["version"] == "17.0.1.0.0 → 17.0.1.0.0"
+    assert set(result["phases"]) == {"backup", "copy", "update"}
+    assert site.state() == before and site.container.id == container_id
+    assert_on_first_release(site)
+    with psycopg.connect(site.cluster.dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'odoops_scratch_rehearsal%'"
+                            ).fetchone()[0] == 0
+    assert not [n for n in volume_files_names(site.container, f"{site.odoo.data_dir}/filestore")
+                if n.startswith("odoops_scratch")]
+    assert site.one_offs() == []

@@ -371,6 +371,8 @@ def test_thresholds_are_validated(tmp_path, pg_cluster, odoo_db):
         health.Thresholds.from_mapping({"conections_warn": 0.5})
     with pytest.raises(ConfigError, match="is a ratio and must be <= 1"):
         health.Thresholds.from_mapping({"connections_critical": 90})
+    with pytest.raises(ConfigError, match="rows_shrink_tolerance: 5 is a ratio and must be <= 1"):
+        health.Thresholds.from_mapping({"rows_shrink_tolerance": 5})  # 5 %, written as a number of percent
     with pytest.raises(ConfigError, match="swap them"):
         health.Thresholds.from_mapping({"connections_warn": 0.95})
     dbname, filestore = odoo_db

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 from odoops.errors import ConfigError, DiskFull, RefusedError, ToolFailed, tool_error_line
 from odoops.inventory import DockerTarget, Environment
 from odoops.platforms.base import ConnInfo, FilestoreEntry, FilestoreFolders, Platform, odoo_command
-from tasks import containers
+from tasks import containers, odoo
 
 RELEASE_REPOSITORY = "odoops-release"
 
@@ -256,6 +256,21 @@ class DockerPlatform(Platform):
             self._image_release(self._existing_image(self._image))
         self._image = image.id
         return previous
+
+    def inspect_release(self, release: dict[str, str]) -> dict[str, Any]:
+        """Asked of the image itself, in a one-off from it with the container's mounts: its Odoo's series and the
+        manifests of its addons path (tasks.odoo.INSPECT_ODOO; the running container is not touched)."""
+        image = self._existing_image(release.get("image") or release.get("tag") or "")
+        odoo_bin = self.odoo_argv([])
+        entry = next((w for w in odoo_bin if posixpath.basename(w).startswith("odoo")), odoo_bin[0])
+        done = containers.run_one_off(self.client, self.container, ["python3", "-c", odoo.INSPECT_ODOO, entry,
+                                                                    self.target.config],
+                                      self.engine, check=False, timeout=300, image=image.id)
+        try:
+            return odoo.parse_inspection((done.stdout or b"").decode("utf-8", "replace"))
+        except ValueError:
+            raise RefusedError(f"image {release.get('tag') or image.id[:19]} does not say what Odoo it holds "
+                               f"(python3 {entry}): {tool_error_line(done.stderr or done.stdout or b'')}") from None
 
     def release_from_image(self, image: str) -> dict[str, str]:
         """An existing image by tag or id: ``{"image": id, "tag": the ref given}``."""

@@ -6,7 +6,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from odoops.errors import ConfigError, TimedOut, ToolFailed, tool_error_line
 from odoops.platforms.base import FilestoreEntry, Platform, kill_process_group
@@ -50,13 +50,41 @@ class HostPlatform(Platform):
         return path.read_text(errors="replace")
 
     def running_release(self) -> dict[str, str]:
-        return {"path": str(releases.current_release(self._addons_link()))}
+        """``{"path": addons release folder}``, and ``"odoo": Odoo tree`` where the inventory names odoo_link."""
+        current = {"path": str(releases.current_release(self._addons_link()))}
+        if self.env.odoo_link:
+            current["odoo"] = str(releases.current_release(Path(self.env.odoo_link)))
+        return current
 
     def switch_release(self, release: dict[str, str]) -> dict[str, str]:
-        """Re-point the addons link in one rename (tasks/releases.py)."""
+        """Re-point the addons link (and, for a major upgrade, the Odoo tree's link), each in one rename."""
         if "path" not in release:
             raise ConfigError(f"environment {self.env.name}: a host release is a folder, not {sorted(release)}")
-        return {"path": str(releases.point_link(self._addons_link(), Path(release["path"])))}
+        if release.get("odoo") and not self.env.odoo_link:
+            raise ConfigError(f"environment {self.env.name}: another Odoo tree needs odoo_link in the inventory (the "
+                              "link odoo_bin and the service run Odoo through): add it")
+        previous = self.running_release()
+        releases.point_link(self._addons_link(), Path(release["path"]))
+        if release.get("odoo"):
+            releases.point_link(Path(self.env.odoo_link), Path(release["odoo"]))
+        return previous
+
+    def inspect_release(self, release: dict[str, str]) -> dict[str, Any]:
+        """Read from the files: the tree's odoo/release.py and the manifests of the addons path the config names,
+        with the links swapped for the release's folders (nothing runs, nothing is re-pointed)."""
+        tree = Path(release.get("odoo") or (releases.current_release(Path(self.env.odoo_link))
+                                            if self.env.odoo_link else ""))
+        if not str(tree) or str(tree) == ".":
+            raise ConfigError(f"environment {self.env.name}: name the target Odoo tree (--odoo DIR) and its link "
+                              "(odoo_link in the inventory)")
+        config = releases.config_path(list(self.env.odoo_bin)) or (Path(self.env.odoo_config)
+                                                                    if self.env.odoo_config else None)
+        swap = {self.env.addons_link: release.get("path")} if self.env.addons_link and release.get("path") else {}
+        if self.env.odoo_link:
+            swap[self.env.odoo_link] = str(tree)
+        paths = releases.addons_paths(config, swap) if config else []
+        return {"series": releases.tree_series(tree),
+                "modules": releases.available_modules([*paths, tree / "odoo" / "addons", tree / "addons"])}
 
     def prepare_release(self, commit: str, tree: Path, addons: Path) -> dict[str, str]:
         """``<releases_dir>/<commit>``: the commit's addons folder, written under a temporary name and renamed."""
