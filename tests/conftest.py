@@ -3,7 +3,9 @@ Prefect's test harness (one per session), and the plugins in tests/services_*.py
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -45,6 +47,29 @@ def odoo_db(pg_cluster, sample_template, tmp_path) -> tuple[str, Path]:
     dbname, filestore = copy_sample(pg_cluster, sample_template, tmp_path)
     yield dbname, filestore
     drop_database(pg_cluster, dbname)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_local_prefect_server_left(tmp_path_factory):
+    """CLI calls without PREFECT_API_URL start the local Prefect server of their PREFECT_HOME
+    (odoops/localserver.py): the ones this session started (its home, homes in its temp folder) stop with it."""
+    from odoops import localserver
+
+    session_home = localserver.prefect_home()
+    was_running = localserver.running(session_home) is not None
+    yield
+    base = tmp_path_factory.getbasetemp().resolve()
+
+    def ours(home: Path) -> bool:
+        return home.is_relative_to(base) or (home == session_home and not was_running)
+
+    for home in {session_home, *localserver.local_servers().values()}:
+        if ours(home):
+            localserver.stop_local(home)
+    for pid, home in localserver.local_servers().items():  # one its record no longer names
+        if ours(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

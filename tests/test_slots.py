@@ -3,7 +3,8 @@
 Each scenario runs the CLI as an operator does, one process (group) per call, and kills the whole group
 with SIGKILL at a point of the runbook. The next run of the same runbook on the same environment must
 start within 90 s (``--wait 90``: it fails otherwise) and succeed, with nobody freeing anything by hand,
-whether the CLI runs its own temporary Prefect server, talks to a long-lived server, or that server was
+whether the CLI uses the local Prefect server kept between calls (the default: it outlives the killed run),
+its own temporary server (``ODOOPS_LOCAL_SERVER=0``: it dies with the run), a long-lived server, or one
 restarted in between. A holder that is alive is never freed.
 """
 
@@ -42,11 +43,15 @@ NEXT_RUN_WITHIN = 90
 # ---------------------------------------------------------------- the operator's CLI
 
 
+def local_server() -> dict[str, str]:
+    """No PREFECT_API_URL: the CLI calls share the local server of the session's PREFECT_HOME, which a
+    SIGKILL of a run's process group does not reach (odoops/localserver.py)."""
+    return {k: v for k, v in os.environ.items() if k not in {"PREFECT_API_URL", "PREFECT_UI_URL"}}
+
+
 def temporary_server(home: Path) -> dict[str, str]:
-    """No PREFECT_API_URL: every CLI call starts (and takes down with it) its own temporary server."""
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(home)
-    return env
+    """ODOOPS_LOCAL_SERVER=0: every CLI call starts (and takes down with it) its own temporary server."""
+    return {**local_server(), "PREFECT_HOME": str(home), "ODOOPS_LOCAL_SERVER": "0"}
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -104,6 +109,7 @@ def staging(tmp_path, pg_cluster):
     inv = write_inventory(tmp_path / "inv.yaml", {
         "staging": host_env(pg_cluster, dbname, filestore, stage="staging", url=None, stop_command=stop)})
     yield inv, dbname, filestore, (hold, holding, release)
+    release.touch()  # a stop_command a killed run left waiting (its own session: the kill did not reach it) ends
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
         for name in [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
                                                 (f"{dbname}%",))]:
@@ -120,10 +126,10 @@ def restored_once(inv: Path) -> None:
 # ---------------------------------------------------------------- backup
 
 
-@pytest.mark.parametrize("moment", ["dump", "filestore"])
-def test_backup_killed_frees_its_environment_with_a_temporary_server(production, tmp_path, moment):
+@pytest.mark.parametrize(("moment", "server"), [("dump", "local"), ("filestore", "temporary")])
+def test_backup_killed_frees_its_environment(production, tmp_path, moment, server):
     inv, backups, _ = production
-    env = temporary_server(tmp_path / "prefect")
+    env = local_server() if server == "local" else temporary_server(tmp_path / "prefect")
     log = tmp_path / "killed.log"
     proc = start(["backup", "production", "-i", str(inv)], env, log)
     kill_at(proc, log, parts_in_tmp(backups, ".part" if moment == "dump" else ".obj"))
@@ -151,7 +157,7 @@ def test_backup_killed_frees_its_environment_with_a_temporary_server(production,
 @pytest.mark.usefixtures("prefect_harness")
 def test_restore_killed_during_the_load_is_cleaned_by_the_next_run(staging, tmp_path, pg_cluster):
     inv, dbname, filestore, _ = staging
-    env = temporary_server(tmp_path / "prefect")
+    env = local_server()
     restored_once(inv)
     tables, files = table_checksums(pg_cluster, dbname), file_sha1s(filestore)
     scratch_db, scratch_fs = f"{dbname}__odoops_restore", filestore.parent / f".{filestore.name}.odoops-restore"
@@ -184,7 +190,7 @@ def test_restore_killed_during_the_load_is_cleaned_by_the_next_run(staging, tmp_
 @pytest.mark.usefixtures("prefect_harness")
 def test_restore_killed_just_before_the_swap_leaves_the_target_byte_identical(staging, tmp_path, pg_cluster):
     inv, dbname, filestore, (hold, holding, release) = staging
-    env = temporary_server(tmp_path / "prefect")
+    env = local_server()
     restored_once(inv)
     tables, files = table_checksums(pg_cluster, dbname), file_sha1s(filestore)
     hold.touch()  # the next restore's stop_command (run just before the swap) waits there
@@ -205,7 +211,7 @@ def test_restore_killed_just_before_the_swap_leaves_the_target_byte_identical(st
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_live_holder_is_never_freed_and_the_second_run_waits_its_turn(staging, tmp_path, pg_cluster):
     inv, dbname, filestore, (hold, holding, release) = staging
-    env = temporary_server(tmp_path / "prefect")
+    env = local_server()
     restored_once(inv)
     hold.touch()
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
