@@ -17,10 +17,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from odoops.fleet import backup_caps
 from odoops.inventory import BACKUP_KINDS
 from odoops.platforms import platform_for
 from odoops.runtime import progress, record_run, repository_for, resolve, run_name
-from odoops.slots import environment_slot
+from odoops.slots import environment_slot, wait_seconds
 from tasks import backup as steps
 from tasks.archive import new_backup_id, now_utc
 
@@ -71,8 +72,13 @@ def _publish(manifest: dict[str, Any], storage: str) -> None:
 
 @flow(name="backup", log_prints=True, flow_run_name=run_name("backup/{environment}"))
 def backup_flow(environment: str, kind: str = "manual", storage: str | None = None,
-                inventory: str | None = None) -> dict[str, Any]:
-    """Back up ENVIRONMENT's database, filestore and configuration into its backup storage."""
+                inventory: str | None = None, once_since: str | None = None) -> dict[str, Any]:
+    """Back up ENVIRONMENT's database, filestore and configuration into its backup storage.
+
+    ``once_since`` (an ISO time, set by the nightly flow): when a complete backup of this kind made since
+    then already exists, return it instead of backing up again: a run re-submitted after its worker died
+    never backs up twice, even when the first run got as far as committing. Every backup holds one slot
+    of its storage's and its database server's caps (odoops.fleet)."""
     parameters = {"environment": environment, "kind": kind, "storage": storage}
     inv, env = resolve(environment, inventory)
     if kind not in BACKUP_KINDS:
@@ -83,28 +89,63 @@ def backup_flow(environment: str, kind: str = "manual", storage: str | None = No
     backup_id = None
     try:
         repo = repository_for(inv, storage)
-        with environment_slot(env.name), repo.environment_lock(env.name, "backup"), platform_for(env) as platform, \
-                platform.database() as conninfo, steps.database_snapshot(conninfo) as (conn, snapshot_id):
-            backup_id, started = new_backup_id(env.name), now_utc()
-            facts = steps.read_facts(conn)
-            files = store_filestore.submit(platform, repo, env.name)
-            apart = steps.apart_tables(conn, env.backup.tables_apart_mb)
-            dump = dump_database.submit(conninfo, repo, backup_id, snapshot_id, quote(apart),
-                                        quote(steps.previous_apart(repo, env.name) if apart else {}))
-            parts, facts.apart = dump.result()
-            config = steps.store_config(platform, repo, backup_id)
-            if config:
-                parts["odoo.conf"] = config
-            # quote(): Prefect need not walk 20,000 index entries looking for futures in the arguments
-            manifest = commit_backup(env, repo, backup_id, kind, started, quote(facts), parts, quote(files.result()))
+        with environment_slot(env.name):
+            done = _already_done(repo, env.name, kind, once_since)
+            if done is not None:
+                record_run(inv, "backup", env, parameters, "success", [done["backup_id"]],
+                           {"already_done": True, "size": done["size"], "tables_reused": done["tables_reused"]})
+                return done
+            with backup_caps(inv, env, storage, wait_seconds()), repo.environment_lock(env.name, "backup"), \
+                    platform_for(env) as platform, platform.database() as conninfo, \
+                    steps.database_snapshot(conninfo) as (conn, snapshot_id):
+                backup_id, started = new_backup_id(env.name), now_utc()
+                facts = steps.read_facts(conn)
+                files = store_filestore.submit(platform, repo, env.name)
+                apart = steps.apart_tables(conn, env.backup.tables_apart_mb)
+                dump = dump_database.submit(conninfo, repo, backup_id, snapshot_id, quote(apart),
+                                            quote(steps.previous_apart(repo, env.name) if apart else {}))
+                parts, facts.apart = dump.result()
+                config = steps.store_config(platform, repo, backup_id)
+                if config:
+                    parts["odoo.conf"] = config
+                # quote(): Prefect need not walk 20,000 index entries looking for futures in the arguments
+                manifest = commit_backup(env, repo, backup_id, kind, started, quote(facts), parts, quote(files.result()))
     except Exception as exc:
         record_run(inv, "backup", env, parameters, f"failed: {exc}", [backup_id] if backup_id else [])
         raise
     _publish(manifest, storage)
+    result = _result(manifest)
+    files = manifest["odoops"]["filestore"]
+    print(f"backup {backup_id} of {env.name} committed to {storage}: {result['size']:,} bytes "
+          f"(database dump and {files['files']} filestore files)")
     record_run(inv, "backup", env, parameters, "success", [backup_id],
-               {"missing_files": len(manifest["odoops"]["missing_files"])})
+               {"missing_files": len(manifest["odoops"]["missing_files"]), "size": result["size"],
+                "tables_reused": result["tables_reused"]})
+    return result
+
+
+def _already_done(repo, environment: str, kind: str, once_since: str | None) -> dict[str, Any] | None:
+    """The newest complete backup of ``kind`` made since ``once_since``, as the flow returns it, or None."""
+    if not once_since:
+        return None
+    from datetime import datetime
+
+    try:
+        since = datetime.fromisoformat(once_since)
+    except ValueError:
+        from odoops.errors import ConfigError
+
+        raise ConfigError(f"once_since {once_since!r} is not an ISO time: write e.g. 2026-12-02T01:00:00+00:00") from None
+    done = [b for b in repo.list_backups(environment) if b.kind == kind and b.created_at >= since]
+    if not done:
+        return None
+    print(f"{environment}: backup {done[-1].id} made since {once_since} exists already: not backing up twice")
+    return {**_result(repo.manifest(done[-1].id)), "already_done": True}
+
+
+def _result(manifest: dict[str, Any]) -> dict[str, Any]:
     meta = manifest["odoops"]
-    return {"backup_id": backup_id, "missing_files": meta["missing_files"],
+    return {"backup_id": meta["backup_id"], "missing_files": meta["missing_files"],
             "tables_reused": [t["table"] for t in meta["database"].get("apart", []) if t["reused_from"]],
             "size": sum(p["size"] for name, p in meta["parts"].items() if name.endswith(".dump"))
             + meta["filestore"]["bytes"]}

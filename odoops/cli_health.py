@@ -64,16 +64,25 @@ class _HealthCommand(TyperCommand):
 
 
 def health(
-    environment: Annotated[str, typer.Argument(help="Environment name from the inventory.")],
+    environment: Annotated[str | None, typer.Argument(help="Environment name from the inventory.")] = None,
     inventory: InventoryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     prefect: PrefectOpt = True,
+    select: Annotated[str | None, typer.Option("--select", "-s", metavar="TERMS", help="Every environment matching "
+                                               "name=…,stage=…,label=…,site=…; exit with the worst status.")] = None,
 ) -> None:
     """Probe an environment (HTTP, PostgreSQL, filestore); exit 0 ok, 1 warn, 2 critical, 4 error."""
     from tasks import health as h
 
     path = str(inventory_path(inventory))
+    if bool(environment) == bool(select):
+        _fail(OdoopsError("name one ENVIRONMENT or --select TERMS (e.g. --select stage=production), not both"),
+              EXIT_ERROR)
     try:
+        if select:
+            from odoops.cli_fleet import health_selected
+
+            raise typer.Exit(code=health_selected(select, path, as_json, prefect))
         env = load_inventory(path).environment(environment)  # fail fast, before any engine starts
         h.thresholds_for(env)
         if prefect:

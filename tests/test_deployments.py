@@ -40,18 +40,22 @@ async def _wait(client, run_id, until, seconds: float = 300):
         await asyncio.sleep(0.5)
 
 
-def test_prefect_yaml_declares_every_runbook_and_a_nightly_backup():
+def test_prefect_yaml_declares_every_runbook_and_the_nightly_fleet_backup():
     config = yaml.safe_load(open(devserver.PROJECT_DIR / "prefect.yaml"))
     names = {d["name"] for d in config["deployments"]}
     assert {"backup", "verify-backup", "drill-backup", "prune-backups", "restore", "restore-undo", "anonymize",
             "upgrade", "upgrade-rehearsal", "rollback", "deploy", "promote", "logs", "health", "incident",
-            "cost-report"} <= names
-    backup = next(d for d in config["deployments"] if d["name"] == "backup")
-    demo_env = load_inventory(devserver.PROJECT_DIR / "deployments" / "environments.example.yaml").environment(
-        "production")
-    [nightly] = backup["schedules"]
-    assert (nightly["cron"], nightly["timezone"]) == (demo_env.backup.schedule, demo_env.backup.timezone)
-    assert nightly["parameters"] == {"environment": "production", "kind": "scheduled"}
+            "cost-report", "nightly"} <= names
+    # Backup schedules live only in the inventory: the backup deployment has none, the nightly deployment
+    # (scheduled once) starts a backup for each environment whose schedule is due.
+    deployments = {d["name"]: d for d in config["deployments"]}
+    assert "schedules" not in deployments["backup"]
+    nightly = deployments["nightly"]
+    assert nightly["entrypoint"] == "flows/nightly.py:nightly_flow"
+    assert [s.get("interval") for s in nightly["schedules"]] == [900]
+    assert nightly["concurrency_limit"]["limit"] == 1
+    example = load_inventory(devserver.PROJECT_DIR / "deployments" / "environments.example.yaml")
+    assert example.environment("production").backup.schedule  # the example shows where a schedule goes
     for deployment in config["deployments"]:
         module, function = deployment["entrypoint"].split(":")
         assert (devserver.PROJECT_DIR / module).exists(), module
@@ -66,7 +70,7 @@ def test_run_button_backs_up_and_publishes_artifacts(served):
     async def scenario():
         async with get_client() as client:
             deployment = await client.read_deployment_by_name("backup/backup")
-            assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+            assert deployment.schedules == []  # the nightly deployment starts scheduled backups
             run = await client.create_flow_run_from_deployment(deployment.id, parameters={"environment": "production"})
             run = await _wait(client, run.id, lambda state: state.is_final())
             artifacts = await client.read_artifacts(

@@ -46,6 +46,15 @@ def test_the_issue_example_loads(tmp_path):
     assert staging.filestore == str(tmp_path / "data/filestore/acme_staging")
 
 
+def test_fleet_fields_site_labels_and_caps(tmp_path):
+    text = GOOD.replace("    url: http", "    site: eu\n    labels: [retail, eu, retail]\n    url: http", 1)
+    inv = load_inventory(write(tmp_path, "fleet: {max_backups_per_storage: 8}\n" + text))
+    prod = inv.environment("production")
+    assert (prod.site, prod.labels) == ("eu", ("retail", "eu"))
+    assert (inv.environment("staging").site, inv.environment("staging").labels) == (None, ())
+    assert (inv.fleet.max_backups_per_storage, inv.fleet.max_backups_per_db_server) == (8, 2)
+
+
 def test_the_shipped_example_inventory_loads():
     from pathlib import Path
 
@@ -65,6 +74,14 @@ def test_the_shipped_example_inventory_loads():
         (("odoo@127.0.0.1:5432/acme\"", "odoo:hunter2@127.0.0.1:5432/acme\""), "contains a password"),
         (('schedule: "0 2 * * *"', 'schedule: "at two"'), "is not a 5-field cron expression"),
         (("timezone: Europe/Brussels", "timezone: Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
+        (('schedule: "0 2 * * *"', 'schedule: "0 2 * * 9"'),
+         "environments.production.backup.schedule: '0 2 * * 9' is not a valid cron expression (bad day-of-week)"),
+        (('schedule: "0 2 * * *"', 'schedule: "2am daily please"'), "is not a 5-field cron expression"),
+        (("    url: http", "    site: EU West\n    url: http"), "environments.production.site: 'EU West' is not a name"),
+        (("    url: http", "    labels: retail\n    url: http"), "environments.production.labels: expected a list"),
+        (("environments:\n", "fleet: {max_backups_per_db_server: 0}\nenvironments:\n"),
+         "fleet.max_backups_per_db_server: expected a whole number >= 1"),
+        (("environments:\n", "fleet: {max_backups: 3}\nenvironments:\n"), "fleet.max_backups: unknown key"),
         (("storage: local, schedule", "storage: tape, schedule"), "no storage named 'tape'"),
         (("    url: http", "    colour: blue\n    url: http"), "environments.production.colour: unknown key"),
         (("database: {dsn: \"postgresql://odoo@127.0.0.1:5432/acme\"}", "database: [1, 2]"),
