@@ -19,25 +19,53 @@ from odoops.redact import redact
 
 
 def started_by() -> str:
-    """The Prefect user/schedule that triggered the run when inside Prefect, else the OS user."""
+    """Who or what started the run, for the audit record and the release history.
+
+    ``schedule:<slug>`` a deployment's schedule (e.g. ``schedule:nightly-production``);
+    ``automation:<name>`` a Prefect automation's run-deployment action;
+    ``deployment:<name> (UI or API)`` a deployment run started from the UI's Run button or through the API
+    (``prefect deployment run``, a script): Prefect's open-source server has no users, so it cannot say who;
+    ``prefect-user:<name>`` a Prefect Cloud user; ``user:<os user>@<host>`` the CLI or a script running the
+    flow itself. A subflow (the backup a restore takes first) names what started its parent.
+    """
     try:
         from prefect.context import FlowRunContext
 
         ctx = FlowRunContext.get()
         if ctx and ctx.flow_run:
-            created_by = getattr(ctx.flow_run, "created_by", None)
-            if created_by is not None and getattr(created_by, "display_value", None):
-                return f"{created_by.type.lower()}:{created_by.display_value}"
-            if ctx.flow_run.auto_scheduled:
-                return "schedule"
-            if ctx.flow_run.deployment_id:
-                return "deployment"
-    except Exception:  # noqa: BLE001 - outside Prefect there is no context
+            origin = _prefect_origin(ctx.flow_run)
+            if origin:
+                return origin
+    except Exception:  # noqa: BLE001 - outside Prefect (or its API unreachable) the OS user is the answer
         pass
     try:
         return f"user:{getpass.getuser()}@{socket.gethostname()}"
     except Exception:  # noqa: BLE001
         return f"uid:{os.getuid()}"
+
+
+def _prefect_origin(flow_run: Any, depth: int = 0) -> str | None:
+    """What Prefect knows of who created ``flow_run`` (None: nobody but the process running it)."""
+    created_by = getattr(flow_run, "created_by", None)
+    if created_by is not None and getattr(created_by, "display_value", None):
+        kind = str(created_by.type).lower()
+        return f"{'prefect-user' if kind == 'user' else kind}:{created_by.display_value}"
+    if flow_run.auto_scheduled:
+        return "schedule"
+    if flow_run.deployment_id is None and flow_run.parent_task_run_id is None:
+        return None
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        if flow_run.deployment_id is not None:
+            return f"deployment:{client.read_deployment(flow_run.deployment_id).name} (UI or API)"
+        if depth >= 5:
+            return None
+        parent_task = client.read_task_run(flow_run.parent_task_run_id)
+        if parent_task.flow_run_id is None:
+            return None
+        parent = client.read_flow_run(parent_task.flow_run_id)
+    return _prefect_origin(parent, depth + 1)
 
 
 def _flow_run_id() -> str | None:

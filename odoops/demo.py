@@ -89,31 +89,63 @@ def run() -> int:
     return 0
 
 
+def _alert_settings() -> tuple[str | None, str | None, float]:
+    """Notifications from the environment: ODOOPS_ALERT_WEBHOOK_URL, ODOOPS_ALERT_EMAIL_BLOCK,
+    ODOOPS_MISSED_BACKUP_HOURS (docs/operating.md)."""
+    from odoops.devserver import MISSED_BACKUP_HOURS, check_webhook_url
+    from odoops.errors import ConfigError
+
+    raw = os.environ.get("ODOOPS_MISSED_BACKUP_HOURS", str(MISSED_BACKUP_HOURS))
+    try:
+        hours = float(raw)
+    except ValueError:
+        hours = 0.0
+    if hours * 3600 < 10:
+        raise ConfigError(f"ODOOPS_MISSED_BACKUP_HOURS={raw!r} is not a number of hours: set it to e.g. 26 "
+                          "(at least 10 seconds' worth)")
+    webhook_url = os.environ.get("ODOOPS_ALERT_WEBHOOK_URL") or None
+    if webhook_url:
+        check_webhook_url(webhook_url)  # before anything starts
+    return webhook_url, os.environ.get("ODOOPS_ALERT_EMAIL_BLOCK") or None, hours
+
+
 def serve(port: int = 4200) -> int:
     import signal
 
     from odoops import devserver
+    from odoops.errors import OdoopsError
 
     def _stop(*_: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)  # `kill` and service managers stop it as cleanly as Ctrl-C
-    cluster = up()
-    local = None
+    local = cluster = None
     try:
-        local = devserver.start(DEMO / "prefect", port, {"ODOOPS_INVENTORY": str(INVENTORY), **cluster.env()},
+        webhook_url, email_block, hours = _alert_settings()
+        # The exposed setup (docs/operating.md): basic auth on the API, the worker and deploy send it too.
+        auth = devserver.auth_env(os.environ.get("PREFECT_SERVER_API_AUTH_STRING"))
+        cluster = up()
+        local = devserver.start(DEMO / "prefect", port, {"ODOOPS_INVENTORY": str(INVENTORY), **cluster.env(), **auth},
                                 log_dir=DEMO)
-        print(f"Prefect UI: http://127.0.0.1:{port}  (deployments registered from prefect.yaml; worker running)\n"
-              f"Logs: {DEMO}/prefect-server.log, {DEMO}/prefect-worker.log. Ctrl-C stops everything.", flush=True)
+        installed = devserver.install_automations(local, webhook_url, email_block, missed_backup_hours=hours)
+        print(f"Prefect UI: http://127.0.0.1:{port}  (deployments registered from prefect.yaml; worker running"
+              f"{'; basic auth on' if auth else ''})\n"
+              + (f"Notifications: {', '.join(installed)}\n" if installed else
+                 "Notifications: off (set ODOOPS_ALERT_WEBHOOK_URL to get failed runs and missed backups)\n")
+              + f"Logs: {DEMO}/prefect-server.log, {DEMO}/prefect-worker.log. Ctrl-C stops everything.", flush=True)
         while all(p.poll() is None for p in local.processes):
             time.sleep(1)
         return 1
+    except OdoopsError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:
         return 0
     finally:
         if local:
             local.stop()
-        cluster.stop(remove=False)
+        if cluster:
+            cluster.stop(remove=False)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything odoops needs on a fresh Debian/Ubuntu machine: system packages (PostgreSQL server and
-# client tools, OpenSSH server for the SSH tests), uv, the project's virtual environment, and a real
-# Odoo 17.0 in a cached venv outside the checkout (scripts/odoo.sh) for the tests that run Odoo itself.
+# client tools, OpenSSH server for the SSH tests, Chromium and chromedriver for the UI tests), uv, the
+# project's virtual environment, and a real Odoo 17.0 in a cached venv outside the checkout
+# (scripts/odoo.sh) for the tests that run Odoo itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v pg_dump >/dev/null || need+=(postgresql-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+# Debian's Chromium and its driver for the browser tests of the Prefect UI (tests/test_browser.py): no browser download.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing system packages: ${need[*]}"
