@@ -29,6 +29,9 @@ bench: setup  ## benchmarks on the large generated Odoo database (minutes; figur
 	$(UV) python bench/bench_upgrade.py
 	$(UV) python bench/bench_upgrade.py --mode restart
 	$(UV) python bench/bench_docker_deploy.py
+	$(UV) python bench/bench_fleet.py
+	$(UV) python bench/bench_cli.py
+	$(UV) python bench/bench_odoosh.py
 
 clean:
 	rm -rf .demo reports

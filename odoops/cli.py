@@ -39,6 +39,16 @@ err = Console(stderr=True)
 InventoryOpt = Annotated[str | None, typer.Option("--inventory", "-i", envvar="ODOOPS_INVENTORY",
                                                   help="Inventory YAML (default deployments/environments.yaml).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+SelectOpt = Annotated[str | None, typer.Option(
+    "--select", "-s", metavar="TERMS", help="Every environment matching name=…,stage=…,label=…,site=… "
+    "(docs/fleet.md) instead of one.")]
+
+
+def _one_or_selection(name: str | None, select: str | None, what: str = "ENVIRONMENT") -> bool:
+    """True for a --select run; one of the two is required, not both."""
+    if bool(name) == bool(select):
+        fail(f"name one {what} or --select TERMS (e.g. --select stage=production), not both and not neither")
+    return bool(select)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -55,6 +65,13 @@ def operator_errors():
         fail(str(exc))
     except KeyboardInterrupt:
         fail("interrupted: nothing incomplete is ever listed; run prune to clean up", 130)
+    except Exception as exc:
+        if getattr(getattr(exc, "response", None), "status_code", None) == 401:  # Prefect's basic auth refused us
+            from odoops.localserver import shown_url
+
+            fail(f"the Prefect server at {shown_url(os.environ.get('PREFECT_API_URL', '?'))} refused the credentials (HTTP 401 "
+                 "Unauthorized): set PREFECT_API_AUTH_STRING to its user:password (docs/operating.md)")
+        raise
 
 
 @contextmanager
@@ -82,9 +99,9 @@ def _quiet_prefect() -> None:
     """The terminal shows odoops' one-line errors; Prefect's run logs still reach its API and UI."""
     import logging
 
-    from prefect.logging.configuration import setup_logging
+    from prefect.logging.configuration import ensure_logging_setup
 
-    setup_logging()
+    ensure_logging_setup()  # once per process: each setup costs 0.1-0.3 s, and the flow commands call this twice
     for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
         if "Console" in type(handler).__name__:
             handler.setLevel(logging.CRITICAL + 1)
@@ -108,7 +125,56 @@ _waits: dict[str, float] = {}
 # Commands that only read (listings, the audit trail, log files) never import Prefect: an operator's
 # `odoops backups list` answers in well under a second. The flow-running commands in these groups
 # (backups verify/drill/prune) quiet Prefect themselves.
-_READ_ONLY = {"history", "releases", "logs", "envs", "backups"}
+_READ_ONLY = {"history", "releases", "logs", "envs", "backups", "schedules"}
+# ... and these need the Prefect server all the same (flows, or the slots that live in the server).
+_SERVER_IN_READ_ONLY = {"backups": {"verify", "drill", "prune"}, "envs": {"unlock"}}
+
+
+def _starting_server():
+    """A status line while the local Prefect server starts (on a terminal; silent otherwise)."""
+    from contextlib import nullcontext
+
+    return err.status("starting the local Prefect server (once)…") if err.is_terminal else nullcontext()
+
+
+def _server_first(command) -> None:
+    """Make ``command`` reach its Prefect server (PREFECT_API_URL's, else the local one: odoops/localserver.py)
+    once its own options are parsed: never for ``--help`` or ``--no-prefect``. A group: each of its commands."""
+    if getattr(command, "commands", None):
+        for sub in command.commands.values():
+            _server_first(sub)
+        return
+    if getattr(command, "_odoops_server_first", False):
+        return
+    invoke = command.invoke
+
+    def invoke_with_server(sub_ctx):
+        if sub_ctx.params.get("prefect") is not False:  # --no-prefect runs plain functions
+            from odoops.localserver import ensure_server
+
+            with operator_errors():
+                ensure_server(_starting_server)
+            _quiet_prefect()
+            if _own_process:
+                import gc
+
+                gc.freeze()  # Prefect's modules, imported for good: later collections need not scan them
+        return invoke(sub_ctx)
+
+    command.invoke = invoke_with_server
+    command._odoops_server_first = True
+
+
+_own_process = False
+
+
+def _skip_final_gc() -> None:
+    """Registered before Prefect is imported, so it runs after Prefect's own exit handlers (logs and events
+    sent): the interpreter's final garbage collections of Prefect's large heap cost 0.5–3 s for nothing."""
+    import gc
+
+    gc.disable()
+    gc.freeze()
 
 
 @app.callback()
@@ -121,8 +187,24 @@ def _main_options(ctx: typer.Context, wait: Annotated[float, typer.Option(
 
     os.environ["ODOOPS_SLOT_WAIT_SECONDS"] = str(wait)
     set_wait_reporter(_show_wait)
-    if ctx.invoked_subcommand not in _READ_ONLY:
-        _quiet_prefect()
+    if "prefect" not in sys.modules:  # the CLI's own process (not a test calling it in-process)
+        import atexit
+        import gc
+
+        global _own_process
+        _own_process = True
+        gc.set_threshold(50_000, 20, 100)  # importing Prefect allocates ~10^6 objects: 10% less CPU this way
+        atexit.unregister(_skip_final_gc)
+        atexit.register(_skip_final_gc)
+    name = ctx.invoked_subcommand
+    command = ctx.command.get_command(ctx, name) if name else None
+    if command is None or name == "server":
+        return
+    if name not in _READ_ONLY:
+        _server_first(command)
+    for sub in _SERVER_IN_READ_ONLY.get(name, ()):
+        if sub in getattr(command, "commands", {}):
+            _server_first(command.commands[sub])
 
 
 def _human(n: int) -> str:
@@ -213,12 +295,17 @@ def envs_unlock(environment: str, force: Annotated[bool, typer.Option(
 
 
 @app.command("backup")
-def backup(environment: str, storage: Annotated[str | None, typer.Option(help="Storage name (default: the "
+def backup(environment: Annotated[str | None, typer.Argument()] = None,
+           storage: Annotated[str | None, typer.Option(help="Storage name (default: the "
            "environment's backup storage).")] = None,
            kind: Annotated[str, typer.Option(help="manual, scheduled, pre-deploy, pre-upgrade or pre-restore.")] = "manual",
-           inventory: InventoryOpt = None, as_json: JsonOpt = False) -> None:
-    """Back up ENVIRONMENT now: database, filestore and configuration."""
+           inventory: InventoryOpt = None, as_json: JsonOpt = False, select: SelectOpt = None) -> None:
+    """Back up ENVIRONMENT (or every --select'ed one) now: database, filestore and configuration."""
     _quiet_prefect()
+    if _one_or_selection(environment, select):
+        from odoops.cli_fleet import backup_selected
+
+        return backup_selected(select, kind, storage, inventory, as_json)
     with operator_errors(), rich_progress():
         from flows.backup import backup_flow
 
@@ -263,9 +350,14 @@ def backups_list(environment: Annotated[str | None, typer.Argument()] = None, in
 
 
 @backups_app.command("verify")
-def backups_verify(backup_id: str, inventory: InventoryOpt = None) -> None:
-    """Re-read every part of BACKUP_ID and check its sha256."""
+def backups_verify(backup_id: Annotated[str | None, typer.Argument()] = None, inventory: InventoryOpt = None,
+                   select: SelectOpt = None, as_json: JsonOpt = False) -> None:
+    """Re-read every part of BACKUP_ID (or of each --select'ed environment's newest backup) and check its sha256."""
     _quiet_prefect()
+    if _one_or_selection(backup_id, select, "BACKUP_ID"):
+        from odoops.cli_fleet import verify_selected
+
+        return verify_selected(select, inventory, as_json)
     from odoops.errors import IntegrityError
 
     try:
@@ -400,12 +492,71 @@ def history(environment: Annotated[str | None, typer.Argument()] = None, invento
     console.print(table)
 
 
+# ---------------------------------------------------------------- server
+
+server_app = typer.Typer(help="The local Prefect server CLI runs use when PREFECT_API_URL is not set.",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the local Prefect server of PREFECT_HOME (flow-running commands start it on first use)."""
+    from odoops import localserver
+
+    with operator_errors():
+        local = localserver.start_local(starting=_starting_server)
+    console.print(f"local Prefect server running: UI {local.url}, API {local.api_url} (pid {local.pid})",
+                  highlight=False)
+    if os.environ.get("PREFECT_API_URL"):
+        console.print(f"note: PREFECT_API_URL is set, CLI runs go to {localserver.shown_url(os.environ['PREFECT_API_URL'])}",
+                      highlight=False)
+
+
+@server_app.command("status")
+def server_status(as_json: JsonOpt = False) -> None:
+    """Whether the local Prefect server runs: its URL, pid, uptime and Prefect home."""
+    from odoops import localserver
+
+    home = localserver.prefect_home()
+    local = localserver.running(home)
+    configured = os.environ.get("PREFECT_API_URL") or None
+    if as_json:
+        print(json.dumps({"running": local is not None, "home": str(home), "url": None, "ui_url": None, "pid": None,
+                          "uptime_seconds": None, **(local.as_dict() if local else {}),
+                          "prefect_api_url": localserver.shown_url(configured) if configured else None}, indent=1))
+        return
+    if local is None:
+        console.print(f"no local Prefect server is running for {home}: the next flow-running command starts one",
+                      highlight=False)
+    else:
+        console.print(f"local Prefect server: UI {local.url}, API {local.api_url}, pid {local.pid}, up "
+                      f"{local.as_dict()['uptime_seconds']:.0f} s, home {home}, log {local.log}", highlight=False,
+                      soft_wrap=True)
+    if configured:
+        console.print(f"note: PREFECT_API_URL is set, CLI runs go to {localserver.shown_url(configured)}",
+                      highlight=False)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the local Prefect server (runs in progress on it lose their server: stop it when none runs)."""
+    from odoops import localserver
+
+    with operator_errors():
+        stopped = localserver.stop_local()
+    if stopped is None:
+        console.print("no local Prefect server was running")
+    else:
+        console.print(f"stopped the local Prefect server (pid {stopped.pid})")
+
+
 def _register_plugins() -> None:
     """Sub-commands that live in their own modules."""
     import importlib
 
     for module in ("odoops.cli_logs", "odoops.cli_health", "odoops.cli_costs", "odoops.cli_restore",
-                   "odoops.cli_upgrade", "odoops.cli_deploy"):
+                   "odoops.cli_upgrade", "odoops.cli_deploy", "odoops.cli_odoosh", "odoops.cli_fleet"):
         try:
             importlib.import_module(module).register(app)
         except ModuleNotFoundError as exc:

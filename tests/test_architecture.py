@@ -14,7 +14,8 @@ LAYERS: list[tuple[str, list[str]]] = [  # bottom first, as in docs/architecture
               "odoops.platforms.base"]),
     ("tasks", ["tasks", "tasks.*"]),
     ("glue", ["odoops.platforms", "odoops.platforms.*", "odoops.runtime", "odoops.slots", "odoops.audit",
-              "odoops.checks", "odoops.sizes", "odoops.sandbox", "odoops.devserver", "odoops.release_history"]),
+              "odoops.checks", "odoops.sizes", "odoops.sandbox", "odoops.devserver", "odoops.release_history",
+              "odoops.localserver", "odoops.fleet"]),
     ("flows", ["flows", "flows.*"]),
     ("cli", ["odoops.cli", "odoops.cli_*", "odoops.demo", "odoops.__main__"]),
 ]
