@@ -82,6 +82,9 @@ def run() -> int:
             if _odoops(*step) != 0:
                 return 1
     finally:
+        from odoops.localserver import stop_local
+
+        stop_local(Path(os.environ["PREFECT_HOME"]))  # the CLI calls above shared it; the demo leaves nothing running
         cluster.stop(remove=False)
     print("\nThe backups are in .demo/backups; staging is a neutralized copy of production (database "
           f"{DBNAME}_staging). To open the Prefect UI with the odoops deployments:\n"
