@@ -100,16 +100,26 @@ def backup_flow(environment: str, kind: str = "manual", storage: str | None = No
                     steps.database_snapshot(conninfo) as (conn, snapshot_id):
                 backup_id, started = new_backup_id(env.name), now_utc()
                 facts = steps.read_facts(conn)
+                print(f"backing up {env.name} ({env.stage}) as {backup_id} into {storage}: database {facts.db_name}, "
+                      f"{len(facts.modules)} modules, {len(facts.row_counts)} tables, "
+                      f"{sum(facts.row_counts.values()):,} rows, {facts.size:,} bytes on the server")
                 files = store_filestore.submit(platform, repo, env.name)
                 apart = steps.apart_tables(conn, env.backup.tables_apart_mb)
                 dump = dump_database.submit(conninfo, repo, backup_id, snapshot_id, quote(apart),
                                             quote(steps.previous_apart(repo, env.name) if apart else {}))
                 parts, facts.apart = dump.result()
+                reused = [t["table"] for t in facts.apart if t["reused_from"]]
+                print(f"database dumped: {len(parts)} parts, {sum(p['size'] for p in parts.values()):,} bytes; "
+                      f"{len(facts.apart)} big tables apart, {len(reused)} unchanged and reused"
+                      + (f" ({', '.join(reused[:5])}{' …' if len(reused) > 5 else ''})" if reused else ""))
+                stored = files.result()
+                print(f"filestore: {len(stored.entries)} files, {stored.total_bytes:,} bytes; {stored.new_objects} "
+                      f"new objects ({stored.new_bytes:,} bytes) written, the rest already in the repository")
                 config = steps.store_config(platform, repo, backup_id)
                 if config:
                     parts["odoo.conf"] = config
                 # quote(): Prefect need not walk 20,000 index entries looking for futures in the arguments
-                manifest = commit_backup(env, repo, backup_id, kind, started, quote(facts), parts, quote(files.result()))
+                manifest = commit_backup(env, repo, backup_id, kind, started, quote(facts), parts, quote(stored))
     except Exception as exc:
         record_run(inv, "backup", env, parameters, f"failed: {exc}", [backup_id] if backup_id else [])
         raise
