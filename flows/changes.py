@@ -211,9 +211,10 @@ def count_rows(env: Environment, target: ConnInfo) -> dict[str, int]:
 @task(name="check-rows", cache_policy=NO_CACHE)
 def check_rows(env: Environment, target: ConnInfo, before: dict[str, int]) -> dict[str, tuple[int, int | None]]:
     """The update may not have deleted business data: the main tables' rows against their count before."""
+    limits = thresholds_for(env)
     with connect(target) as conn:
-        after = odoo.main_row_counts(conn, thresholds_for(env).rows_tables_over_mb)
-    lost = odoo.rows_lost(before, after, thresholds_for(env).rows_shrink_tolerance)
+        after = odoo.main_row_counts(conn, limits.rows_tables_over_mb)
+    lost = odoo.rows_lost(before, after, limits.rows_shrink_tolerance)
     if lost:
         raise ChangeFailed(f"the update deleted rows: {lost[0]}" + (f" (and {len(lost) - 1} more tables)"
                                                                     if len(lost) > 1 else "")

@@ -101,15 +101,8 @@ def dump_to_repository(conninfo: ConnInfo, repo: Repository, backup_id: str, sna
     drain = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
     drain.start()
 
-    class _Counting:
-        def read(self, n: int = -1) -> bytes:
-            data = proc.stdout.read(n)
-            if progress and data:
-                progress(len(data))
-            return data
-
     try:
-        size, sha = repo.store.put_stream(backup_key(backup_id, part), _Counting())
+        size, sha = repo.store.put_stream(backup_key(backup_id, part), _Counting(proc.stdout, progress))
     except BaseException:
         proc.kill()
         proc.wait()
@@ -124,24 +117,26 @@ def dump_to_repository(conninfo: ConnInfo, repo: Repository, backup_id: str, sna
     return {"size": size, "sha256": sha}
 
 
+class _Counting:
+    """A dump's output stream that reports each chunk read to the progress bar."""
+
+    def __init__(self, stream: Any, progress: Callable[[int], None] | None) -> None:
+        self.stream, self.progress = stream, progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        if self.progress and data:
+            self.progress(len(data))
+        return data
+
+
 def _dump_where_tools_run(conninfo: ConnInfo, repo: Repository, key: str, args: list[str],
                           progress: Callable[[int], None] | None) -> dict[str, Any]:
     """pg_dump run beside the database (``conninfo.tools``: an Odoo.sh build, over SSH), its output streamed
     into the repository as it comes: no dump file on either side. A failed or cut stream leaves no part."""
-
-    class _Counting:
-        def __init__(self, stream: Any) -> None:
-            self.stream = stream
-
-        def read(self, n: int = -1) -> bytes:
-            data = self.stream.read(n)
-            if progress and data:
-                progress(len(data))
-            return data
-
     try:
         with conninfo.tools.stream(args) as out:
-            size, sha = repo.store.put_stream(key, _Counting(out))
+            size, sha = repo.store.put_stream(key, _Counting(out, progress))
     except BaseException:
         repo.store.delete(key)
         raise
